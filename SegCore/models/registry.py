@@ -1,0 +1,54 @@
+"""Networks by name. Each family file registers its classes with `register_model`."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from torch import nn
+
+from SegCore.errors import SegCoreError
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """What the registry knows of a network.
+
+    name: registry key; study: the study that uses it; spatial_dims: 2 or 3;
+    defaults: constructor kwargs of the published size; small: kwargs overriding defaults for a tiny CPU version;
+    example_input: one sample's input shape (C, *spatial) at a typical training size, for `segcore models`.
+    """
+
+    name: str
+    builder: Callable[..., nn.Module]
+    study: str
+    spatial_dims: int
+    defaults: dict = field(default_factory=dict)
+    small: dict = field(default_factory=dict)
+    example_input: tuple[int, ...] = ()
+    summary: str = ""
+
+
+MODELS: dict[str, ModelSpec] = {}
+
+
+def register_model(name: str, *, study: str, spatial_dims: int, defaults: dict, example_input: tuple[int, ...],
+                   small: dict | None = None, summary: str = ""):
+    """Class decorator adding a network to `MODELS` under `name`."""
+
+    def decorate(builder):
+        if name in MODELS:
+            raise ValueError(f"model {name!r} registered twice")
+        MODELS[name] = ModelSpec(name, builder, study, spatial_dims, dict(defaults), dict(small or {}),
+                                 tuple(example_input), summary or (builder.__doc__ or "").strip().splitlines()[0])
+        return builder
+
+    return decorate
+
+
+def build_model(name: str, **kwargs) -> nn.Module:
+    """Instantiate network `name` with its published defaults, overridden by `kwargs`."""
+    if name not in MODELS:
+        raise SegCoreError(f"unknown model {name!r}", fix=f"use one of {', '.join(sorted(MODELS))}")
+    spec = MODELS[name]
+    return spec.builder(**{**spec.defaults, **kwargs})

@@ -1,0 +1,259 @@
+"""`Volume`: the one geometry type. A numpy array plus where it lies in the patient, in LPS (the ITK convention).
+
+Conventions (used everywhere in SegCore):
+- `array` is (Z, Y, X) for one channel or (C, Z, Y, X) for several: `array[..., k, j, i]` is voxel (i, j, k).
+- `spacing_mm` is (x, y, z): the voxel size along the i, j, k index axes.
+- `origin_lps` is the physical position (mm, LPS) of voxel (0, 0, 0)'s centre.
+- `direction_lps` is 3x3; its column c is the unit LPS direction of index axis c (i, j, k), as ITK stores it.
+- physical_lps = origin_lps + direction_lps @ diag(spacing_mm) @ (i, j, k).
+- RAS (NIfTI, Slicer) flips the first two physical axes: ras = diag(-1, -1, 1) @ lps.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from SegCore.errors import SegCoreError
+
+LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
+
+# Grid comparisons: spacing and direction relative/absolute, origin in mm. Tight enough to catch a one-voxel
+# shift on any real grid, loose enough for float32 headers (NIfTI stores float32).
+SPACING_RTOL = 1e-4
+ORIGIN_ATOL_MM = 1e-3
+DIRECTION_ATOL = 1e-4
+
+
+@dataclass(frozen=True)
+class Grid:
+    """Where a voxel array lies in space; see the module docstring for the conventions."""
+
+    shape_zyx: tuple[int, int, int]
+    spacing_mm: tuple[float, float, float]
+    origin_lps: tuple[float, float, float]
+    direction_lps: tuple[tuple[float, float, float], ...]  # 3x3, rows of the matrix
+
+    def __post_init__(self):
+        spacing = np.asarray(self.spacing_mm, dtype=float)
+        direction = np.asarray(self.direction_lps, dtype=float)
+        origin = np.asarray(self.origin_lps, dtype=float)
+        if len(self.shape_zyx) != 3 or spacing.shape != (3,) or origin.shape != (3,) or direction.shape != (3, 3):
+            raise SegCoreError(f"a grid needs 3 sizes, spacings, origin values and a 3x3 direction, got shape "
+                               f"{self.shape_zyx}, spacing {self.spacing_mm}, origin {self.origin_lps}")
+        if not np.all(np.isfinite(spacing)) or np.any(spacing <= 0):
+            raise SegCoreError(f"voxel spacing must be positive and finite, got {tuple(spacing.tolist())} mm",
+                               fix="repair the image header's spacing (pixdim / space directions)")
+        if not np.all(np.isfinite(direction)) or not np.all(np.isfinite(origin)):
+            raise SegCoreError("origin or direction contains NaN or Inf", fix="repair the image header")
+        if abs(np.linalg.det(direction)) < 1e-6:
+            raise SegCoreError(f"direction matrix is singular: {direction.tolist()}",
+                               fix="repair the image header's orientation (qform/sform or space directions)")
+
+    @property
+    def direction(self) -> np.ndarray:
+        """3x3 float array: column c is the LPS direction of index axis c."""
+        return np.asarray(self.direction_lps, dtype=float)
+
+    @property
+    def spacing(self) -> np.ndarray:
+        return np.asarray(self.spacing_mm, dtype=float)
+
+    @property
+    def origin(self) -> np.ndarray:
+        return np.asarray(self.origin_lps, dtype=float)
+
+    def ijk_to_lps(self) -> np.ndarray:
+        """4x4 affine from voxel indices (i, j, k) to physical LPS mm."""
+        matrix = np.eye(4)
+        matrix[:3, :3] = self.direction * self.spacing[None, :]
+        matrix[:3, 3] = self.origin
+        return matrix
+
+    def ijk_to_ras(self) -> np.ndarray:
+        """4x4 affine from voxel indices (i, j, k) to physical RAS mm (Slicer's IJKToRAS, the NIfTI affine)."""
+        return LPS_TO_RAS @ self.ijk_to_lps()
+
+    def index_to_lps(self, ijk: np.ndarray) -> np.ndarray:
+        """(N, 3) voxel indices (i, j, k) -> (N, 3) LPS positions in mm."""
+        ijk = np.asarray(ijk, dtype=float).reshape(-1, 3)
+        return ijk @ (self.direction * self.spacing[None, :]).T + self.origin
+
+    def lps_to_index(self, lps: np.ndarray) -> np.ndarray:
+        """(N, 3) LPS positions in mm -> (N, 3) continuous voxel indices (i, j, k)."""
+        lps = np.asarray(lps, dtype=float).reshape(-1, 3)
+        return (lps - self.origin) @ np.linalg.inv(self.direction * self.spacing[None, :]).T
+
+    def mismatch(self, other: Grid) -> str | None:
+        """None when the grids agree within tolerance, else a sentence saying how they differ."""
+        if tuple(self.shape_zyx) != tuple(other.shape_zyx):
+            return f"sizes differ (z, y, x): {tuple(self.shape_zyx)} vs {tuple(other.shape_zyx)}"
+        if not np.allclose(self.spacing, other.spacing, rtol=SPACING_RTOL, atol=0):
+            return f"spacings differ (x, y, z mm): {self.spacing.tolist()} vs {other.spacing.tolist()}"
+        if not np.allclose(self.origin, other.origin, rtol=0, atol=ORIGIN_ATOL_MM):
+            return f"origins differ (LPS mm): {self.origin.tolist()} vs {other.origin.tolist()}"
+        if not np.allclose(self.direction, other.direction, rtol=0, atol=DIRECTION_ATOL):
+            return f"directions differ: {self.direction.tolist()} vs {other.direction.tolist()}"
+        return None
+
+    def same_as(self, other: Grid) -> bool:
+        return self.mismatch(other) is None
+
+    @classmethod
+    def from_ijk_to_lps(cls, matrix: np.ndarray, shape_zyx: tuple[int, int, int]) -> Grid:
+        """Build a grid from a 4x4 IJK-to-LPS affine; spacing is the length of each column."""
+        matrix = np.asarray(matrix, dtype=float)
+        columns = matrix[:3, :3]
+        spacing = np.linalg.norm(columns, axis=0)
+        if np.any(spacing <= 0) or not np.all(np.isfinite(spacing)):
+            raise SegCoreError(f"affine has a zero or invalid axis (column lengths {spacing.tolist()} mm)",
+                               fix="repair the image header's affine")
+        direction = columns / spacing[None, :]
+        return cls(tuple(int(s) for s in shape_zyx), tuple(spacing.tolist()), tuple(matrix[:3, 3].tolist()),
+                   tuple(tuple(row) for row in direction.tolist()))
+
+    @classmethod
+    def from_ijk_to_ras(cls, matrix: np.ndarray, shape_zyx: tuple[int, int, int]) -> Grid:
+        """Build a grid from a 4x4 IJK-to-RAS affine (a NIfTI affine or Slicer's IJKToRAS matrix)."""
+        return cls.from_ijk_to_lps(LPS_TO_RAS @ np.asarray(matrix, dtype=float), shape_zyx)
+
+
+@dataclass(frozen=True, eq=False)
+class Volume:
+    """A voxel array on a `Grid`.
+
+    array: (Z, Y, X) or (C, Z, Y, X), any numeric dtype. Two volumes are compared with `grid.same_as`
+    and `np.array_equal`, never with `==`.
+    """
+
+    array: np.ndarray
+    grid: Grid
+
+    def __post_init__(self):
+        if self.array.ndim not in (3, 4):
+            raise SegCoreError(f"a volume is (Z, Y, X) or (C, Z, Y, X), got an array of shape {self.array.shape}")
+        if tuple(self.array.shape[-3:]) != tuple(self.grid.shape_zyx):
+            raise SegCoreError(f"array shape {self.array.shape} does not fit grid shape {self.grid.shape_zyx}")
+
+    @classmethod
+    def create(cls, array: np.ndarray, spacing_mm=(1.0, 1.0, 1.0), origin_lps=(0.0, 0.0, 0.0),
+               direction_lps=None) -> Volume:
+        """A volume from an array and its geometry (direction defaults to identity)."""
+        array = np.asarray(array)
+        direction = np.eye(3) if direction_lps is None else np.asarray(direction_lps, dtype=float).reshape(3, 3)
+        grid = Grid(tuple(int(s) for s in array.shape[-3:]), tuple(float(s) for s in spacing_mm),
+                    tuple(float(o) for o in origin_lps), tuple(tuple(r) for r in direction.tolist()))
+        return cls(array, grid)
+
+    # Shorthands for the grid's geometry.
+    @property
+    def shape_zyx(self) -> tuple[int, int, int]:
+        return tuple(self.grid.shape_zyx)
+
+    @property
+    def spacing_mm(self) -> np.ndarray:
+        return self.grid.spacing
+
+    @property
+    def origin_lps(self) -> np.ndarray:
+        return self.grid.origin
+
+    @property
+    def direction_lps(self) -> np.ndarray:
+        return self.grid.direction
+
+    @property
+    def num_channels(self) -> int:
+        return 1 if self.array.ndim == 3 else int(self.array.shape[0])
+
+    @property
+    def voxel_volume_ml(self) -> float:
+        """Volume of one voxel in millilitres (1 ml = 1000 mm^3)."""
+        return float(np.prod(self.grid.spacing)) / 1000.0
+
+    def with_array(self, array: np.ndarray) -> Volume:
+        """The same grid with another array of matching (Z, Y, X) shape (channels may differ)."""
+        return Volume(np.asarray(array), self.grid)
+
+    def channel(self, index: int) -> Volume:
+        """One channel of a multi-channel volume as a (Z, Y, X) volume."""
+        if self.array.ndim == 3:
+            if index != 0:
+                raise SegCoreError(f"volume has one channel, asked for channel {index}")
+            return self
+        return Volume(self.array[index], self.grid)
+
+    def ijk_to_ras(self) -> np.ndarray:
+        return self.grid.ijk_to_ras()
+
+    def ijk_to_lps(self) -> np.ndarray:
+        return self.grid.ijk_to_lps()
+
+    # NIfTI: nibabel's data array is indexed [i, j, k(, c)] and its affine maps (i, j, k) to RAS.
+    def to_nifti_array(self) -> np.ndarray:
+        """The array in nibabel's order, (X, Y, Z) or (X, Y, Z, C): reversing all axes does both."""
+        return self.array.T
+
+    @classmethod
+    def from_nifti(cls, data_xyz: np.ndarray, affine_ras: np.ndarray) -> Volume:
+        """A volume from nibabel's (X, Y, Z) or (X, Y, Z, C) data and its RAS affine."""
+        array = np.ascontiguousarray(np.asarray(data_xyz).T)
+        return cls(array, Grid.from_ijk_to_ras(affine_ras, array.shape[-3:]))
+
+
+def to_sitk(volume: Volume):
+    """A (Z, Y, X) volume as a SimpleITK image (same geometry); a (C, Z, Y, X) one as a vector image."""
+    import SimpleITK as sitk
+
+    if volume.array.ndim == 3:
+        image = sitk.GetImageFromArray(volume.array)
+    else:
+        image = sitk.GetImageFromArray(np.moveaxis(volume.array, 0, -1), isVector=True)
+    image.SetSpacing(volume.grid.spacing.tolist())
+    image.SetOrigin(volume.grid.origin.tolist())
+    image.SetDirection(volume.grid.direction.flatten().tolist())
+    return image
+
+
+def from_sitk(image) -> Volume:
+    """A 3D SimpleITK image (scalar or vector) as a Volume; vector components become channels."""
+    import SimpleITK as sitk
+
+    if image.GetDimension() != 3:
+        raise SegCoreError(f"expected a 3D image, got {image.GetDimension()}D")
+    array = sitk.GetArrayFromImage(image)
+    if image.GetNumberOfComponentsPerPixel() > 1:
+        array = np.moveaxis(array, -1, 0)
+    grid = Grid(tuple(int(s) for s in reversed(image.GetSize())), tuple(image.GetSpacing()),
+                tuple(image.GetOrigin()), tuple(tuple(r) for r in np.reshape(image.GetDirection(), (3, 3))))
+    return Volume(np.ascontiguousarray(array), grid)
+
+
+def resample_to_grid(volume: Volume, grid: Grid, *, interpolation: str = "nearest", fill_value: float = 0) -> Volume:
+    """Resample `volume` onto `grid` in physical space (identity transform).
+
+    interpolation: 'nearest' for labels (values are preserved exactly), 'linear' for images.
+    Multi-channel volumes are resampled channel by channel. Returns a volume whose array has the dtype of
+    the input (linear results are cast back for integer inputs after rounding).
+    """
+    import SimpleITK as sitk
+
+    methods = {"nearest": sitk.sitkNearestNeighbor, "linear": sitk.sitkLinear}
+    if interpolation not in methods:
+        raise SegCoreError(f"unknown interpolation {interpolation!r}", fix=f"use one of {sorted(methods)}")
+    if volume.array.ndim == 4:
+        channels = [resample_to_grid(volume.channel(c), grid, interpolation=interpolation, fill_value=fill_value)
+                    for c in range(volume.num_channels)]
+        return Volume(np.stack([c.array for c in channels]), grid)
+    reference = to_sitk(Volume(np.zeros(grid.shape_zyx, dtype=np.uint8), grid))
+    source = volume.array
+    if source.dtype == bool:
+        source = source.astype(np.uint8)
+    image = to_sitk(volume.with_array(source))
+    out = sitk.Resample(image, reference, sitk.Transform(), methods[interpolation], float(fill_value),
+                        image.GetPixelID())
+    array = sitk.GetArrayFromImage(out)
+    if volume.array.dtype == bool:
+        array = array.astype(bool)
+    return Volume(array, grid)

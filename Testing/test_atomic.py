@@ -1,0 +1,53 @@
+"""Outputs are written atomically and never over an input; errors read as one sentence with path and fix."""
+
+import pytest
+
+from SegCore.atomic import atomic_dir, atomic_file, file_suffix, refuse_overwriting_inputs
+from SegCore.errors import SegCoreError
+
+
+def test_atomic_file_keeps_format_suffix_and_renames(tmp_path):
+    target = tmp_path / "out" / "labels.seg.nrrd"
+    with atomic_file(target) as tmp:
+        assert file_suffix(tmp) == ".seg.nrrd" and tmp.parent == target.parent
+        tmp.write_text("new")
+    assert target.read_text() == "new"
+    assert [p.name for p in target.parent.iterdir()] == ["labels.seg.nrrd"]
+
+
+def test_atomic_file_failure_leaves_old_content_and_no_temp(tmp_path):
+    target = tmp_path / "a.nii.gz"
+    target.write_text("old")
+    with pytest.raises(RuntimeError), atomic_file(target) as tmp:
+        tmp.write_text("half")
+        raise RuntimeError("writer crashed")
+    assert target.read_text() == "old"
+    assert [p.name for p in tmp_path.iterdir()] == ["a.nii.gz"]
+
+
+def test_atomic_dir_replaces_existing_folder_only_on_success(tmp_path):
+    target = tmp_path / "series"
+    target.mkdir()
+    (target / "old.dcm").write_text("old")
+    with pytest.raises(RuntimeError), atomic_dir(target) as tmp:
+        (tmp / "new.dcm").write_text("new")
+        raise RuntimeError("crash")
+    assert [p.name for p in target.iterdir()] == ["old.dcm"]
+    with atomic_dir(target) as tmp:
+        (tmp / "new.dcm").write_text("new")
+    assert [p.name for p in target.iterdir()] == ["new.dcm"]
+    assert [p.name for p in tmp_path.iterdir()] == ["series"]
+
+
+def test_refuse_overwriting_inputs_sees_through_relative_paths(tmp_path, monkeypatch):
+    image = tmp_path / "ct.nrrd"
+    image.write_text("x")
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SegCoreError, match="overwrite an input"):
+        refuse_overwriting_inputs("./ct.nrrd", [image])
+    refuse_overwriting_inputs("other.nrrd", [image])
+
+
+def test_error_message_is_one_line_with_path_and_fix():
+    error = SegCoreError("spacing is 0 mm\n along z", path="/data/ct.nii.gz", fix="repair the header.")
+    assert str(error) == "/data/ct.nii.gz: spacing is 0 mm along z. Fix: repair the header."
