@@ -1,0 +1,190 @@
+"""Signed distance maps in mm (axis order on an anisotropic grid), their cache, and the boundary loss."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from SegCore.errors import SegCoreError
+from SegCore.losses import BoundaryLoss, DistanceMapCache, signed_distance_map_mm
+
+SPACING_XYZ = (0.5, 1.0, 3.0)  # x = 0.5 mm, y = 1 mm, z = 3 mm
+
+
+def slab_expected(n: int, inside: int, step_mm: float) -> np.ndarray:
+    """Along one axis of n voxels, indices < inside are in the slab: -(inside - i) * step inside, (i - inside + 1)
+    * step outside (distances between voxel centres)."""
+    i = np.arange(n)
+    return np.where(i < inside, -(inside - i) * step_mm, (i - inside + 1) * step_mm)
+
+
+@pytest.mark.parametrize("axis, step_mm", [(2, 0.5), (1, 1.0), (0, 3.0)])  # array axes z, y, x = 0, 1, 2
+def test_slab_distances_in_mm_along_each_axis(axis, step_mm):
+    shape = [4, 5, 6]
+    shape[axis] = 8
+    label = np.zeros(shape, dtype=np.uint8)
+    index = [slice(None)] * 3
+    index[axis] = slice(0, 3)
+    label[tuple(index)] = 1
+    maps = signed_distance_map_mm(label, SPACING_XYZ, num_classes=2)
+    assert maps.shape == (2, *shape) and maps.dtype == np.float32
+    expected_1d = slab_expected(8, 3, step_mm)
+    view = [1, 1, 1]
+    view[axis] = 8
+    expected = np.broadcast_to(expected_1d.reshape(view), shape)
+    np.testing.assert_allclose(maps[1], expected, atol=1e-6)
+    np.testing.assert_allclose(maps[0], -expected, atol=1e-6)  # background: same boundary, sides swapped
+
+
+def test_single_voxel_distance_is_euclidean_in_mm():
+    label = np.zeros((3, 3, 5), dtype=np.int64)
+    label[1, 1, 2] = 1
+    maps = signed_distance_map_mm(label, SPACING_XYZ, num_classes=2)
+    # Voxel (z=0, y=0, x=0): offsets dz=1, dy=1, dx=2 -> sqrt(3^2 + 1^2 + (2*0.5)^2).
+    assert maps[1, 0, 0, 0] == pytest.approx(math.sqrt(9 + 1 + 1), abs=1e-5)
+    # The one inside voxel: nearest outside voxel is its x neighbour, 0.5 mm away.
+    assert maps[1, 1, 1, 2] == pytest.approx(-0.5, abs=1e-6)
+
+
+def test_absent_and_full_classes_have_zero_maps():
+    label = np.zeros((4, 6), dtype=np.int32)
+    label[:, :2] = 1
+    maps = signed_distance_map_mm(label, (2.0, 1.0), num_classes=3)  # 2D: spacing (x, y)
+    assert not maps[2].any()
+    np.testing.assert_allclose(maps[1, 0], [-4.0, -2.0, 2.0, 4.0, 6.0, 8.0])
+    assert not signed_distance_map_mm(np.ones((3, 3), np.int32), (1.0, 1.0), 2).any()
+
+
+def test_distance_map_input_errors():
+    with pytest.raises(SegCoreError, match="2 values for a 3D label"):
+        signed_distance_map_mm(np.zeros((2, 2, 2), np.int32), (1.0, 1.0), 2)
+    with pytest.raises(SegCoreError, match="outside 0..1"):
+        signed_distance_map_mm(np.full((2, 2), 2), (1.0, 1.0), 2)
+    with pytest.raises(SegCoreError, match="positive"):
+        signed_distance_map_mm(np.zeros((2, 2), np.int32), (1.0, 0.0), 2)
+
+
+# --- cache --------------------------------------------------------------------------------------------------
+
+def case_label(seed: int) -> np.ndarray:
+    label = np.zeros((6, 7, 8), dtype=np.uint8)
+    label[1 + seed % 2:5, 2:6, 2 + seed % 3:7] = 1
+    return label
+
+
+def test_cache_computes_each_case_once_in_memory():
+    cache = DistanceMapCache()
+    first = cache.get(case_label(0), SPACING_XYZ, 2, case_id="la_001")
+    again = cache.get(case_label(0).copy(), SPACING_XYZ, 2, case_id="la_001")
+    assert (cache.computed, cache.memory_hits) == (1, 1)
+    assert again is first
+    np.testing.assert_array_equal(first, signed_distance_map_mm(case_label(0), SPACING_XYZ, 2))
+    cache.get(case_label(1), SPACING_XYZ, 2, case_id="la_001")  # new label content: computed again
+    cache.get(case_label(0), (1.0, 1.0, 1.0), 2, case_id="la_001")  # other spacing: another map
+    assert cache.computed == 3
+    with pytest.raises(ValueError):
+        first[0, 0, 0, 0] = 1.0  # the cached copy is read-only
+
+
+def test_cache_round_trips_on_disk(tmp_path):
+    folder = tmp_path / "dmaps"
+    cache = DistanceMapCache(folder)
+    maps = cache.get(case_label(0), SPACING_XYZ, 2, case_id="la 001/x")
+    files = sorted(folder.iterdir())
+    assert len(files) == 1 and files[0].suffix == ".npy" and files[0].name.startswith("la_001_x-")
+    np.testing.assert_array_equal(np.load(files[0]), maps)
+    stamp = files[0].stat().st_mtime_ns
+    # A new cache on the same folder (a new process, another DataLoader worker) reads it instead of computing.
+    fresh = DistanceMapCache(folder)
+    loaded = fresh.get(case_label(0), SPACING_XYZ, 2, case_id="la 001/x")
+    assert (fresh.computed, fresh.disk_hits) == (0, 1)
+    np.testing.assert_array_equal(loaded, maps)
+    assert files[0].stat().st_mtime_ns == stamp
+    # A damaged file is recomputed and rewritten, whole.
+    files[0].write_bytes(files[0].read_bytes()[:50])
+    repaired = DistanceMapCache(folder).get(case_label(0), SPACING_XYZ, 2, case_id="la 001/x")
+    np.testing.assert_array_equal(repaired, maps)
+    np.testing.assert_array_equal(np.load(files[0]), maps)
+    assert sorted(p.name for p in folder.iterdir()) == [files[0].name]  # no temporary files left
+
+
+def test_cache_memory_budget_drops_old_maps_but_keeps_disk(tmp_path):
+    cache = DistanceMapCache(tmp_path, max_memory_mb=0.001)  # ~1 kB: one 3 kB map at a time
+    for seed in range(3):
+        cache.get(case_label(seed), SPACING_XYZ, 2, case_id=f"c{seed}")
+    cache.get(case_label(0), SPACING_XYZ, 2, case_id="c0")
+    assert (cache.computed, cache.memory_hits, cache.disk_hits) == (3, 0, 1)
+
+
+# --- boundary loss ------------------------------------------------------------------------------------------
+
+def row(values) -> torch.Tensor:
+    return torch.tensor(values, dtype=torch.float32).view(1, 1, 1, -1)
+
+
+def test_boundary_loss_by_hand():
+    # Reference [1, 1, 0, 0, 0, 0] with x spacing 2 mm: foreground map [-4, -2, 2, 4, 6, 8].
+    target = torch.tensor([1, 1, 0, 0, 0, 0]).view(1, 1, 6)
+    loss = BoundaryLoss(spacing_mm=(2.0, 1.0), inputs="probabilities")
+    assert float(loss(row([0, 0, 1, 0, 0, 0]), target)) == pytest.approx(2 / 6)
+    assert float(loss(row([1, 1, 0, 0, 0, 0]), target)) == pytest.approx(-6 / 6)
+    # With the background class too: its map is [4, 2, -2, -4, -6, -8] and its probability 1 - p.
+    both = BoundaryLoss(spacing_mm=(2.0, 1.0), include_background=True, inputs="probabilities")
+    value = both(row([0, 0, 1, 0, 0, 0]), target)
+    assert float(value) == pytest.approx((2 + (4 + 2 - 4 - 6 - 8)) / 12)
+
+
+def test_boundary_loss_prefers_predictions_nearer_the_boundary():
+    target = torch.zeros(1, 12, 12, dtype=torch.long)
+    target[0, 4:8, 4:8] = 1
+    loss = BoundaryLoss(spacing_mm=(1.0, 1.0), inputs="probabilities")
+
+    def shifted(dx: int) -> torch.Tensor:
+        return torch.roll(target, dx, dims=2).float()[:, None]
+
+    perfect, near, far = (float(loss(shifted(d), target)) for d in (0, 1, 3))
+    assert perfect < near < far
+
+
+def test_boundary_loss_uses_mm_and_given_maps(tmp_path):
+    target = torch.zeros(2, 3, 4, 8, dtype=torch.long)
+    target[:, :, :, :3] = 1
+    logits = torch.randn(2, 1, 3, 4, 8)
+    iso = BoundaryLoss(spacing_mm=(1.0, 1.0, 1.0))(logits, target)
+    aniso = BoundaryLoss(spacing_mm=(0.5, 7.0, 9.0))(logits, target)  # only x matters for an x-slab
+    assert float(aniso) == pytest.approx(0.5 * float(iso), rel=1e-5)
+    maps = torch.from_numpy(np.stack([signed_distance_map_mm(t, (0.5, 7.0, 9.0), 2) for t in target.numpy()]))
+    given = BoundaryLoss()(logits, target, distance_maps=maps)
+    foreground_only = BoundaryLoss()(logits, target, distance_maps=maps[:, 1:])
+    assert float(given) == pytest.approx(float(aniso), rel=1e-6)
+    assert float(foreground_only) == pytest.approx(float(aniso), rel=1e-6)
+    with pytest.raises(SegCoreError, match=r"distance_maps shape \(2, 3, 3, 4, 8\)"):
+        BoundaryLoss()(logits, target, distance_maps=torch.zeros(2, 3, 3, 4, 8))
+    # Through a cache folder: one file per case, named by its id.
+    cached = BoundaryLoss(spacing_mm=(0.5, 7.0, 9.0), cache=tmp_path)
+    assert float(cached(logits, target, case_ids=["a", "b"])) == pytest.approx(float(aniso), rel=1e-6)
+    assert sorted(p.name.split("-")[0] for p in tmp_path.iterdir()) == ["a", "b"]
+
+
+def test_boundary_gradient_is_nonzero_where_the_map_is():
+    target = torch.tensor([0, 1, 1, 1, 0, 0, 0]).view(1, 1, 7)
+    logits = torch.zeros(1, 2, 1, 7, requires_grad=True)
+    BoundaryLoss()(logits, target).backward()
+    grad = logits.grad[0, 1, 0]
+    # The foreground map is [1, -1, -2, -1, 1, 2, 3]: the gradient pushes p up inside, down outside.
+    assert (grad[1:4] < 0).all() and (grad[[0, 4, 5, 6]] > 0).all()
+    assert abs(float(grad[6])) > abs(float(grad[4]))  # further out, stronger push
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+def test_boundary_logits_and_probabilities_modes_agree(channels, rng):
+    logits = torch.from_numpy(rng.normal(size=(2, channels, 3, 6, 7)).astype("float32"))
+    target = torch.from_numpy(rng.integers(0, max(channels, 2), size=(2, 3, 6, 7)))
+    probs = torch.sigmoid(logits) if channels == 1 else torch.softmax(logits, 1)
+    spacing = (0.5, 1.0, 3.0)
+    from_logits = BoundaryLoss(spacing_mm=spacing)(logits, target)
+    from_probs = BoundaryLoss(spacing_mm=spacing, inputs="probabilities")(probs, target)
+    assert float(from_logits) == pytest.approx(float(from_probs), abs=1e-5)
