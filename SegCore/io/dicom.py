@@ -1,0 +1,383 @@
+"""DICOM series: list the series in a folder, read one as a `Volume` (HU for CT), write one slice per file.
+
+Everything goes through SimpleITK (GDCM): headers are read with `ImageFileReader.ReadImageInformation`, voxels
+one file at a time (GDCM applies Rescale Slope/Intercept, so CT comes out in HU). The geometry is computed here
+from Image Position/Orientation (Patient) rather than taken from `ImageSeriesReader`, so that a tilted gantry,
+a missing slice or uneven spacing is refused with a message instead of becoming a silently wrong grid.
+
+Rules (see docs/io.md): slices are sorted by their position along the slice normal (row x column direction of
+Image Orientation), so the k axis always points along that normal; every slice must share orientation, size
+and pixel spacing; consecutive positions must differ only along the normal (no gantry tilt) and by the same
+step (no gaps, no uneven spacing) within `STEP_RTOL`.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from SegCore.atomic import atomic_dir
+from SegCore.errors import SegCoreError
+from SegCore.io.checks import naming
+from SegCore.volume import Grid, Volume
+
+# Slice positions may deviate from a uniform step by this fraction of the step (scanners round positions to
+# ~0.01 mm; a missing slice is a 100 % deviation, a wrong grid by > 1 % shows as a visible shift).
+STEP_RTOL = 0.01
+STEP_ATOL_MM = 1e-3
+# Gantry tilt: the part of a slice-to-slice step that lies in the slice plane, relative to the step.
+TILT_RTOL = 1e-3
+ORIENTATION_ATOL = 1e-4
+
+_TAGS = {"series_uid": "0020|000e", "description": "0008|103e", "modality": "0008|0060",
+         "position": "0020|0032", "orientation": "0020|0037", "instance": "0020|0013", "frames": "0028|0008",
+         "thickness": "0018|0050", "slice_spacing": "0018|0088"}
+_SOP_CLASSES = {"CT": "1.2.840.10008.5.1.4.1.1.2", "MR": "1.2.840.10008.5.1.4.1.1.4"}
+_SECONDARY_CAPTURE = "1.2.840.10008.5.1.4.1.1.7"
+
+
+@dataclass(frozen=True)
+class DicomSeries:
+    """One series found in a folder: its UID, SeriesDescription, Modality, number of files, and the files
+    sorted by position along the slice normal (by InstanceNumber when positions are missing)."""
+
+    series_uid: str
+    description: str
+    modality: str
+    num_files: int
+    files: tuple[Path, ...]
+
+
+@dataclass(frozen=True)
+class _Slice:
+    path: Path
+    tags: dict
+    size_xy: tuple[int, int]
+    spacing_xy: tuple[float, float]
+    num_frames: int
+
+
+def list_dicom_series(folder: str | os.PathLike) -> list[DicomSeries]:
+    """The DICOM series in `folder` (not its sub-folders), largest first; non-DICOM files are ignored.
+
+    Raises SegCoreError if `folder` is not a folder. Returns [] when it holds no DICOM image.
+    """
+    return [_series_info(uid, slices) for uid, slices in _scan(_check_folder(folder)).items()]
+
+
+def _check_folder(folder: str | os.PathLike) -> Path:
+    folder = Path(folder)
+    if not folder.exists():
+        raise SegCoreError("folder not found", path=folder, fix="check the path")
+    if not folder.is_dir():
+        raise SegCoreError("expected a folder of DICOM files, got a file", path=folder,
+                           fix="pass the folder that holds the series' .dcm files")
+    return folder
+
+
+def _scan(folder: Path) -> dict[str, list[_Slice]]:
+    import SimpleITK as sitk
+
+    series: dict[str, list[_Slice]] = {}
+    for path in sorted(folder.iterdir()):
+        if path.name.startswith(".") or not path.is_file() or path.name.upper() == "DICOMDIR":
+            continue
+        reader = sitk.ImageFileReader()
+        reader.SetImageIO("GDCMImageIO")
+        reader.SetFileName(str(path))
+        try:
+            reader.ReadImageInformation()
+        except RuntimeError:
+            continue  # not a DICOM image (a text file, a DICOMDIR, a structured report)
+        tags = {name: reader.GetMetaData(tag).strip() for name, tag in _TAGS.items() if reader.HasMetaDataKey(tag)}
+        size = reader.GetSize()
+        frames = int(size[2]) if len(size) > 2 else 1
+        entry = _Slice(path, tags, (int(size[0]), int(size[1])), tuple(float(s) for s in reader.GetSpacing()[:2]),
+                       frames)
+        series.setdefault(tags.get("series_uid", ""), []).append(entry)
+    ordered = sorted(series.items(), key=lambda item: (-len(item[1]), item[0]))
+    return {uid: _sort_slices(slices) for uid, slices in ordered}
+
+
+def _floats(text: str | None, count: int) -> np.ndarray | None:
+    try:
+        values = np.array([float(v) for v in (text or "").split("\\")], dtype=float)
+    except ValueError:
+        return None
+    return values if values.shape == (count,) and np.all(np.isfinite(values)) else None
+
+
+def _normal(orientation: np.ndarray) -> np.ndarray:
+    return np.cross(orientation[:3], orientation[3:])
+
+
+def _sort_slices(slices: list[_Slice]) -> list[_Slice]:
+    orientation = _floats(slices[0].tags.get("orientation"), 6)
+    positions = [_floats(s.tags.get("position"), 3) for s in slices]
+    if orientation is None or any(p is None for p in positions):
+        return sorted(slices, key=lambda s: (_instance(s), s.path.name))
+    distances = [float(p @ _normal(orientation)) for p in positions]
+    return [s for _, s in sorted(zip(distances, slices, strict=True), key=lambda pair: pair[0])]
+
+
+def _instance(entry: _Slice) -> float:
+    try:
+        return float(entry.tags.get("instance", ""))
+    except ValueError:
+        return float("inf")
+
+
+def _series_info(uid: str, slices: list[_Slice]) -> DicomSeries:
+    first = slices[0].tags
+    return DicomSeries(uid, first.get("description", ""), first.get("modality", ""), len(slices),
+                       tuple(s.path for s in slices))
+
+
+def _describe(series: list[DicomSeries]) -> str:
+    return "; ".join(f"{s.series_uid or '(no UID)'} ({s.description or 'no description'}, {s.modality}, "
+                     f"{s.num_files} files)" for s in series)
+
+
+def read_dicom_series(folder: str | os.PathLike, *, series_uid: str | None = None) -> Volume:
+    """Read one DICOM series from `folder` as a (Z, Y, X) volume in LPS.
+
+    Values have Rescale Slope/Intercept applied (HU for CT): int16 when every value is a whole number in the
+    int16 range, else float32. The k axis points along the slice normal (row x column of Image Orientation).
+
+    Args:
+        series_uid: which series to read; needed when the folder holds several (the error lists them).
+    Raises SegCoreError naming the folder for: no DICOM files, several series and no `series_uid`, an unknown
+    `series_uid`, multi-frame or colour images, inconsistent orientation/size/spacing between slices,
+    duplicate positions, gantry tilt, missing slices or uneven spacing.
+    """
+    import SimpleITK as sitk
+
+    folder = _check_folder(folder)
+    found = _scan(folder)
+    if not found:
+        raise SegCoreError("no DICOM image files found in the folder (sub-folders are not searched)", path=folder,
+                           fix="pass the folder that directly holds the series' files")
+    if series_uid is None:
+        if len(found) > 1:
+            listing = _describe([_series_info(uid, slices) for uid, slices in found.items()])
+            raise SegCoreError(f"the folder holds {len(found)} DICOM series: {listing}", path=folder,
+                               fix="choose one by passing its series UID (segcore convert --series UID)")
+        series_uid = next(iter(found))
+    if series_uid not in found:
+        listing = _describe([_series_info(uid, slices) for uid, slices in found.items()])
+        raise SegCoreError(f"no series with UID {series_uid!r}; the folder holds: {listing}", path=folder,
+                           fix="pass one of the listed series UIDs")
+    slices = found[series_uid]
+    grid = _series_grid(slices, folder)
+    planes = []
+    for entry in slices:
+        try:
+            image = sitk.ReadImage(str(entry.path), imageIO="GDCMImageIO")
+        except RuntimeError as error:
+            detail = " ".join(str(error).split())[:160]
+            raise SegCoreError(f"cannot read the pixel data of {entry.path.name} ({detail})", path=folder,
+                               fix="re-export the series; the file is corrupt or compressed with an unsupported "
+                                   "transfer syntax") from error
+        if image.GetNumberOfComponentsPerPixel() != 1:
+            raise SegCoreError(f"{entry.path.name} is a colour image; only greyscale series are supported",
+                               path=folder)
+        planes.append(sitk.GetArrayFromImage(image).reshape(grid.shape_zyx[1:]))
+    array = np.stack(planes)
+    return Volume(_hu_dtype(array), grid)
+
+
+def _hu_dtype(array: np.ndarray) -> np.ndarray:
+    """int16 when every value is a whole number that fits int16, else float32."""
+    if np.issubdtype(array.dtype, np.integer) or np.array_equal(array, np.round(array)):
+        info = np.iinfo(np.int16)
+        if array.size == 0 or (array.min() >= info.min and array.max() <= info.max):
+            return array.astype(np.int16)
+    return array.astype(np.float32)
+
+
+def _series_grid(slices: list[_Slice], folder: Path) -> Grid:
+    first = slices[0]
+    if any(s.num_frames != 1 for s in slices):
+        raise SegCoreError("multi-frame (enhanced) DICOM files are not supported", path=folder,
+                           fix="convert the series to single-frame DICOM or NIfTI first (e.g. with dcm2niix)")
+    orientation = _floats(first.tags.get("orientation"), 6)
+    if orientation is None:
+        raise SegCoreError(f"{first.path.name} has no valid Image Orientation (Patient) (0020,0037)", path=folder,
+                           fix="re-export the series with its geometry tags")
+    for entry in slices:
+        other = _floats(entry.tags.get("orientation"), 6)
+        if other is None or not np.allclose(other, orientation, atol=ORIENTATION_ATOL):
+            raise SegCoreError(f"slice orientation changes within the series ({first.path.name}: "
+                               f"{orientation.tolist()}, {entry.path.name}: {entry.tags.get('orientation')})",
+                               path=folder, fix="the series mixes acquisitions; split it by orientation")
+        if entry.size_xy != first.size_xy or not np.allclose(entry.spacing_xy, first.spacing_xy, rtol=1e-4):
+            raise SegCoreError(f"slices differ in size or pixel spacing ({first.path.name}: {first.size_xy} "
+                               f"{first.spacing_xy} mm, {entry.path.name}: {entry.size_xy} {entry.spacing_xy} mm)",
+                               path=folder, fix="the series mixes acquisitions; split it")
+    row, column = orientation[:3], orientation[3:]
+    if abs(np.linalg.norm(row) - 1) > 1e-3 or abs(np.linalg.norm(column) - 1) > 1e-3 or abs(row @ column) > 1e-3:
+        raise SegCoreError(f"Image Orientation (Patient) {orientation.tolist()} is not two orthogonal unit vectors",
+                           path=folder, fix="repair the series' orientation tags")
+    row, column = row / np.linalg.norm(row), column / np.linalg.norm(column)
+    normal = np.cross(row, column)
+    positions = [_floats(s.tags.get("position"), 3) for s in slices]
+    missing = [s.path.name for s, p in zip(slices, positions, strict=True) if p is None]
+    if missing:
+        raise SegCoreError(f"{len(missing)} files have no valid Image Position (Patient) (0020,0032), e.g. "
+                           f"{missing[0]}", path=folder, fix="re-export the series with its geometry tags")
+    positions = np.array(positions)
+    step_mm = _check_positions(positions, normal, slices, folder)
+    if step_mm is None:  # one slice: the slice spacing (or thickness) tag is the best available z spacing
+        candidates = [_floats(first.tags.get(name), 1) for name in ("slice_spacing", "thickness")]
+        step_mm = next((float(c[0]) for c in candidates if c is not None and c[0] > 0), 1.0)
+    direction = np.stack([row, column, normal], axis=1)
+    with naming(folder):
+        return Grid((len(slices), first.size_xy[1], first.size_xy[0]),
+                    (first.spacing_xy[0], first.spacing_xy[1], step_mm), tuple(positions[0].tolist()),
+                    tuple(tuple(r) for r in direction.tolist()))
+
+
+def _check_positions(positions: np.ndarray, normal: np.ndarray, slices: list[_Slice], folder: Path) -> float | None:
+    """The uniform slice step (mm) of positions sorted along `normal`; raises on tilt, gaps, uneven steps."""
+    if len(positions) < 2:
+        return None
+    steps = np.diff(positions, axis=0)
+    along = steps @ normal
+    names = [s.path.name for s in slices]
+    duplicate = np.flatnonzero(along < STEP_ATOL_MM)
+    if duplicate.size:
+        k = int(duplicate[0])
+        raise SegCoreError(f"{names[k]} and {names[k + 1]} lie at the same position {positions[k].tolist()} mm",
+                           path=folder, fix="the series holds several volumes (echoes, phases, duplicates); split "
+                                            "them into separate folders")
+    in_plane = np.linalg.norm(steps - along[:, None] * normal[None, :], axis=1)
+    tilted = np.flatnonzero(in_plane > TILT_RTOL * along)
+    if tilted.size:
+        k = int(tilted[0])
+        angle = float(np.degrees(np.arctan2(in_plane[k], along[k])))
+        raise SegCoreError(f"gantry tilt: slice positions move {in_plane[k]:.3g} mm sideways per "
+                           f"{along[k]:.3g} mm step ({angle:.2f} degrees from the slice normal, first between "
+                           f"{names[k]} and {names[k + 1]}); a tilted stack is not a rectangular grid",
+                           path=folder, fix="resample the series onto an untilted grid first (Slicer's "
+                                            "'Acquisition transform' or dcm2niix), then read the result")
+    step_mm = float((positions[-1] - positions[0]) @ normal) / (len(positions) - 1)
+    typical = float(np.median(along))
+    off = np.flatnonzero(np.abs(along - typical) > STEP_RTOL * typical + STEP_ATOL_MM)
+    if off.size:
+        k = int(off[0])
+        where = (f"between {names[k]} and {names[k + 1]} (positions {along[k]:.4g} mm apart along the normal, "
+                 f"at {float(positions[k] @ normal):.4g} and {float(positions[k + 1] @ normal):.4g} mm)")
+        ratio = along[k] / typical
+        if ratio > 1.5 and abs(ratio - round(ratio)) < 0.1:
+            problem = f"{int(round(ratio)) - 1} missing slice(s): slices are {typical:.4g} mm apart, except {where}"
+            fix = "find the missing files, or export the complete series again"
+        else:
+            problem = (f"uneven slice spacing: steps range from {along.min():.4g} to {along.max():.4g} mm "
+                       f"(typical {typical:.4g} mm); first off {where}")
+            fix = "resample the series onto a uniform grid first, or check that it is one acquisition"
+        raise SegCoreError(problem, path=folder, fix=fix)
+    return step_mm
+
+
+def write_dicom_series(volume: Volume, folder: str | os.PathLike, *, modality: str = "CT", patient_id: str = "ANON",
+                       series_description: str = "", study_uid: str | None = None,
+                       series_uid: str | None = None) -> Path:
+    """Write a (Z, Y, X) volume as a DICOM series, one file per k slice (IM000001.dcm, ...), in `folder`.
+
+    Stored as int16 with Rescale Slope/Intercept (RescaleType HU for CT): whole-number values within int16
+    are stored exactly with slope 1, intercept 0; whole numbers spanning at most 65536 values exactly with
+    slope 1 and a shifted intercept; anything else is quantised to 65531 levels (error <= slope / 2).
+    Image Position/Orientation carry the grid. DICOM slice stacks are right-handed: `read_dicom_series` sorts
+    along row x column, so a volume whose k axis points the other way (det(direction) < 0) reads back with
+    its slices reversed - the same voxels at the same positions, direction[:, 2] negated.
+
+    Written atomically: the series is built in a temporary folder that then replaces `folder`. An existing
+    `folder` is replaced only when it holds nothing but DICOM files (never other files or sub-folders).
+    Returns `folder`.
+    """
+    import SimpleITK as sitk
+
+    from SegCore.volume import to_sitk
+
+    folder = Path(folder)
+    _check_replaceable(folder)
+    if volume.array.ndim != 3:
+        raise SegCoreError(f"a DICOM series holds one channel, got {volume.num_channels}", path=folder,
+                           fix="write each channel as its own series")
+    direction = volume.direction_lps
+    if not np.allclose(direction.T @ direction, np.eye(3), atol=1e-6):
+        raise SegCoreError("DICOM slices need orthogonal axes, the volume's direction is sheared", path=folder,
+                           fix="resample the volume onto an orthogonal grid first (SegCore.volume.resample_to_grid)")
+    values = volume.array.astype(np.float64)
+    if not np.all(np.isfinite(values)):
+        raise SegCoreError("the volume holds NaN or Inf, which DICOM cannot store", path=folder)
+    slope, intercept = _rescale_for(values)
+    study_uid, series_uid = study_uid or _new_uid(), series_uid or _new_uid()
+    frame_uid, now = _new_uid(), datetime.datetime.now()
+    common = {
+        "0008|0008": "DERIVED\\SECONDARY\\AXIAL", "0008|0016": _SOP_CLASSES.get(modality, _SECONDARY_CAPTURE),
+        "0008|0020": now.strftime("%Y%m%d"), "0008|0021": now.strftime("%Y%m%d"),
+        "0008|0030": now.strftime("%H%M%S"), "0008|0031": now.strftime("%H%M%S"), "0008|0060": modality,
+        "0008|103e": series_description, "0010|0010": patient_id, "0010|0020": patient_id,
+        "0020|000d": study_uid, "0020|000e": series_uid, "0020|0011": "1", "0020|0052": frame_uid,
+        "0018|0050": f"{volume.spacing_mm[2]:.10g}", "0018|0088": f"{volume.spacing_mm[2]:.10g}",
+        "0028|1052": _decimal_string(intercept), "0028|1053": _decimal_string(slope),
+        "0028|1054": "HU" if modality == "CT" else "US",
+        # GDCM needs the stored type spelled out for a float buffer: 16-bit signed.
+        "0028|0100": "16", "0028|0101": "16", "0028|0102": "15", "0028|0103": "1",
+    }
+    image = to_sitk(volume.with_array(values))
+    writer = sitk.ImageFileWriter()
+    writer.KeepOriginalImageUIDOn()
+    with atomic_dir(folder) as tmp:
+        for k in range(volume.shape_zyx[0]):
+            plane = image[:, :, k:k + 1]  # a 3D one-slice image keeps origin and direction: GDCM writes IPP/IOP
+            for tag, value in common.items():
+                plane.SetMetaData(tag, value)
+            plane.SetMetaData("0020|0013", str(k + 1))
+            plane.SetMetaData("0008|0018", _new_uid())
+            writer.SetFileName(str(tmp / f"IM{k + 1:06d}.dcm"))
+            writer.Execute(plane)
+    return folder
+
+
+def _check_replaceable(folder: Path) -> None:
+    """Refuse to replace an existing folder that holds anything but DICOM files (it would be deleted)."""
+    if not folder.is_dir():
+        return
+    entries = [p for p in folder.iterdir() if not p.name.startswith(".")]
+    num_dicom = sum(len(slices) for slices in _scan(folder).values())
+    if any(p.is_dir() for p in entries) or num_dicom != len(entries):
+        raise SegCoreError("the output folder exists and holds files other than a DICOM series, which writing "
+                           "the series would delete", path=folder, fix="choose a new or empty output folder")
+
+
+def _rescale_for(values: np.ndarray) -> tuple[float, float]:
+    """(slope, intercept) so that (value - intercept) / slope fits int16, exactly for whole numbers."""
+    low, high = (float(values.min()), float(values.max())) if values.size else (0.0, 0.0)
+    if np.array_equal(values, np.round(values)):
+        if low >= -32768 and high <= 32767:
+            return 1.0, 0.0
+        if high - low <= 65535:
+            return 1.0, low + 32768.0
+    slope = max((high - low) / 65530.0, 1e-6)  # a little headroom for the 12-digit slope string
+    return slope, (high + low) / 2.0
+
+
+def _decimal_string(value: float) -> str:
+    # DICOM DS values hold at most 16 characters.
+    for digits in range(12, 4, -1):
+        text = f"{value:.{digits}g}"
+        if len(text) <= 16:
+            return text
+    raise SegCoreError(f"cannot write {value} as a DICOM decimal string")
+
+
+def _new_uid() -> str:
+    """A DICOM UID from a random UUID (the '2.25.' root of DICOM PS3.5 B.2)."""
+    return f"2.25.{uuid.uuid4().int}"
