@@ -1,0 +1,91 @@
+"""`segcore phantoms` and `segcore inspect` as a user runs them: real subprocesses, exit codes, files, messages."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import SegCore.commands.inspect as inspect_command
+import SegCore.commands.phantoms as phantoms_command
+from SegCore import phantoms
+from SegCore.datasets import LAYOUTS
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def segcore(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "SegCore", *args], cwd=cwd, capture_output=True, text=True,
+                          timeout=120, env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"})
+
+
+def one_line_error(result: subprocess.CompletedProcess, command: str) -> str:
+    assert result.returncode == 1, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"segcore {command}: error: "), result.stderr
+    return lines[0]
+
+
+def test_command_choices_match_the_library():
+    assert phantoms.STUDIES == phantoms_command.STUDIES
+    assert tuple(phantoms.DECATHLON_TASKS) == phantoms_command.DECATHLON_TASKS
+    assert tuple(phantoms.DIFFICULTIES) == phantoms_command.DIFFICULTIES
+    assert set(inspect_command.LAYOUTS) == {"auto", *LAYOUTS}
+
+
+def test_phantoms_then_inspect_write_the_dataset_and_its_fingerprint(tmp_path):
+    result = segcore("--progress", "json", "phantoms", "--study", "decathlon", "--task", "Prostate",
+                     "--out", "prostate", "--cases", "3", "--seed", "2", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    events = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
+    assert [e["step"] for e in events if e["event"] == "progress"] == [1, 2, 3]
+    assert (tmp_path / "prostate" / "dataset.json").is_file()
+    assert len(list((tmp_path / "prostate" / "imagesTr").glob("prostate_*.nii.gz"))) == 2
+
+    result = segcore("inspect", "prostate", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "prostate_01" in result.stdout and "decathlon layout" in result.stdout
+    out = tmp_path / "Prostate-fingerprint"  # ./<dataset name>-fingerprint, outside the dataset
+    fingerprint = json.loads((out / "fingerprint.json").read_text())
+    assert fingerprint["num_cases"] == 3 and fingerprint["channel_names"] == ["T2", "ADC"]
+    assert (out / "fingerprint.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert not list((tmp_path / "prostate").rglob("fingerprint*"))
+
+
+def test_phantoms_refuses_a_non_empty_folder_unless_overwrite(tmp_path):
+    assert segcore("phantoms", "--study", "atrium", "--out", "la", "--cases", "1", cwd=tmp_path).returncode == 0
+    (tmp_path / "la" / "notes.txt").write_text("mine")
+    line = one_line_error(segcore("phantoms", "--study", "atrium", "--out", "la", "--cases", "1", cwd=tmp_path),
+                          "phantoms")
+    assert "not empty" in line and "--overwrite" in line
+    assert (tmp_path / "la" / "notes.txt").read_text() == "mine"
+    result = segcore("phantoms", "--study", "atrium", "--out", "la", "--cases", "2", "--overwrite", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert not (tmp_path / "la" / "notes.txt").exists()
+    assert len(list((tmp_path / "la").glob("*/*/lgemri.nrrd"))) == 2
+
+
+@pytest.mark.parametrize("args", [["--size", "32", "32"], ["--size", "4"], ["--cases", "0"]])
+def test_phantoms_bad_options_fail_in_one_line(tmp_path, args):
+    result = segcore("phantoms", "--study", "muscle", "--out", "m", *args, cwd=tmp_path)
+    one_line_error(result, "phantoms")
+    assert not (tmp_path / "m").exists()
+
+
+def test_inspect_unrecognised_folder_fails_in_one_line(tmp_path):
+    (tmp_path / "stuff").mkdir()
+    (tmp_path / "stuff" / "readme.txt").write_text("not a dataset")
+    line = one_line_error(segcore("inspect", "stuff", cwd=tmp_path), "inspect")
+    assert "Looked for" in line and "dataset.json" in line and "lgemri.nrrd" in line
+    line = one_line_error(segcore("inspect", "missing", cwd=tmp_path), "inspect")
+    assert "not found" in line
+
+
+def test_inspect_refuses_to_write_inside_the_dataset(tmp_path):
+    assert segcore("phantoms", "--study", "muscle", "--out", "m", "--cases", "1", cwd=tmp_path).returncode == 0
+    line = one_line_error(segcore("inspect", "m", "--out", "m/fp", cwd=tmp_path), "inspect")
+    assert "inside the dataset" in line
+    assert not (tmp_path / "m" / "fp").exists()
