@@ -28,6 +28,17 @@ def file_suffix(path: str | os.PathLike) -> str:
     return Path(name).suffix
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _give_default_mode(path: Path, *, directory: bool) -> None:
+    """mkstemp/mkdtemp create private (0600/0700) entries; outputs get the mode a plain open() would give."""
+    os.chmod(path, (0o777 if directory else 0o666) & ~_umask())
+
+
 def refuse_overwriting_inputs(output: str | os.PathLike, inputs: Iterable[str | os.PathLike]) -> None:
     """Raise if `output` is one of `inputs` (same file after resolving links)."""
     out = Path(output).resolve()
@@ -54,6 +65,7 @@ def atomic_file(path: str | os.PathLike) -> Iterator[Path]:
     tmp = Path(tmp_name)
     try:
         yield tmp
+        _give_default_mode(tmp, directory=False)
         os.replace(tmp, target)
     except BaseException:
         tmp.unlink(missing_ok=True)
@@ -70,6 +82,7 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
     try:
         yield tmp
+        _give_default_mode(tmp, directory=True)
         if target.exists():
             old = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".old", dir=target.parent))
             os.replace(target, old / "x")

@@ -15,6 +15,21 @@ def test_atomic_file_keeps_format_suffix_and_renames(tmp_path):
     assert [p.name for p in target.parent.iterdir()] == ["labels.seg.nrrd"]
 
 
+def test_outputs_get_the_modes_a_plain_open_gives(tmp_path):
+    import os
+
+    mask = os.umask(0o022)
+    try:
+        with atomic_file(tmp_path / "a.nrrd") as tmp:
+            tmp.write_text("x")
+        with atomic_dir(tmp_path / "series") as tmp:
+            (tmp / "1.dcm").write_text("x")
+    finally:
+        os.umask(mask)
+    assert (tmp_path / "a.nrrd").stat().st_mode & 0o777 == 0o644
+    assert (tmp_path / "series").stat().st_mode & 0o777 == 0o755
+
+
 def test_atomic_file_failure_leaves_old_content_and_no_temp(tmp_path):
     target = tmp_path / "a.nii.gz"
     target.write_text("old")

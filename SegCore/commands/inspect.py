@@ -55,6 +55,31 @@ def _check_out(out: Path, data: Path) -> None:
                            fix="pass --out with a folder outside the dataset")
 
 
+def report(dataset, fingerprint) -> str:
+    """The text `segcore inspect` prints: one row per case, then the dataset summary."""
+    rows = [["case", "subset", "size (z,y,x)", "spacing (x,y,z mm)", "orient.", "channels", "labels"]]
+    for case in fingerprint.cases:
+        rows.append([case["case_id"], case["subset"], " x ".join(str(s) for s in case["shape_zyx"]),
+                     _numbers(case["spacing_mm"]), case["orientation"] + ("*" if case["oblique"] else ""),
+                     ",".join(case["channels"]), ",".join(str(v) for v in case["label_values"]) or "-"])
+    lines = [f"{dataset.name}: {dataset.layout} layout, {dataset.modality}, {fingerprint.num_cases} cases "
+                      f"({fingerprint.num_labelled} labelled) in {dataset.root}", _table(rows)]
+    if any(case["oblique"] for case in fingerprint.cases):
+        lines.append("(* oblique: the image axes are rotated against the patient axes)")
+    lines.append("")
+    lines.append(f"median size (z,y,x): {_numbers(fingerprint.shape_zyx['median'])}   "
+                         f"median spacing (x,y,z mm): {_numbers(fingerprint.spacing_mm['median'])}   orientations: "
+          + ", ".join(f"{code} {count}" for code, count in sorted(fingerprint.orientations.items())))
+    for name, every, foreground in zip(fingerprint.channel_names, fingerprint.intensity_all,
+                                       fingerprint.intensity_foreground, strict=True):
+        lines.append(f"intensity {name}:\n  all voxels  {_stats(every)}\n  foreground  {_stats(foreground)}")
+    if fingerprint.class_fraction:
+        lines.append("class frequency (fraction of labelled voxels): " + ", ".join(
+            f"{value} {fingerprint.label_names.get(value, '?')} {fraction:.4g}"
+            for value, fraction in fingerprint.class_fraction.items()))
+    return "\n".join(lines)
+
+
 def run(args, progress) -> None:
     from SegCore.datasets import compute_fingerprint, open_dataset, write_fingerprint
 
@@ -63,26 +88,6 @@ def run(args, progress) -> None:
     _check_out(out, args.data)
     fingerprint = compute_fingerprint(dataset, progress=progress)
 
-    rows = [["case", "subset", "size (z,y,x)", "spacing (x,y,z mm)", "orient.", "channels", "labels"]]
-    for case in fingerprint.cases:
-        rows.append([case["case_id"], case["subset"], " x ".join(str(s) for s in case["shape_zyx"]),
-                     _numbers(case["spacing_mm"]), case["orientation"] + ("*" if case["oblique"] else ""),
-                     ",".join(case["channels"]), ",".join(str(v) for v in case["label_values"]) or "-"])
-    print(f"{dataset.name}: {dataset.layout} layout, {dataset.modality}, {fingerprint.num_cases} cases "
-          f"({fingerprint.num_labelled} labelled) in {dataset.root}")
-    print(_table(rows))
-    if any(case["oblique"] for case in fingerprint.cases):
-        print("(* oblique: the image axes are rotated against the patient axes)")
-    print()
-    print(f"median size (z,y,x): {_numbers(fingerprint.shape_zyx['median'])}   "
-          f"median spacing (x,y,z mm): {_numbers(fingerprint.spacing_mm['median'])}   orientations: "
-          + ", ".join(f"{code} {count}" for code, count in sorted(fingerprint.orientations.items())))
-    for name, every, foreground in zip(fingerprint.channel_names, fingerprint.intensity_all,
-                                       fingerprint.intensity_foreground, strict=True):
-        print(f"intensity {name}:\n  all voxels  {_stats(every)}\n  foreground  {_stats(foreground)}")
-    if fingerprint.class_fraction:
-        print("class frequency (fraction of labelled voxels): " + ", ".join(
-            f"{value} {fingerprint.label_names.get(value, '?')} {fraction:.4g}"
-            for value, fraction in fingerprint.class_fraction.items()))
+    print(report(dataset, fingerprint))
     json_path, png_path = write_fingerprint(fingerprint, out)
     print(f"wrote {json_path} and {png_path.name}")

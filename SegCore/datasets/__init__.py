@@ -18,6 +18,7 @@ from SegCore.datasets.case import (
     load_case_label,
 )
 from SegCore.datasets.fingerprint import Fingerprint, compute_fingerprint, orientation_code, write_fingerprint
+from SegCore.datasets.preview import plot_case, write_case_preview
 from SegCore.datasets.registry import LAYOUTS, detect_layout, open_dataset
 from SegCore.datasets.splits import (
     kfold_splits,
@@ -46,10 +47,12 @@ __all__ = [
     "load_splits",
     "open_dataset",
     "orientation_code",
+    "plot_case",
     "pancreas_folds",
     "random_split",
     "read_case_list",
     "save_splits",
     "split_from_lists",
+    "write_case_preview",
     "write_fingerprint",
 ]

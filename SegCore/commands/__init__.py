@@ -1,0 +1,1 @@
+"""The `segcore` subcommands, one module each (see `SegCore/cli.py` for the contract)."""

@@ -1,0 +1,54 @@
+"""The `segcore` command line, run as real subprocesses the way users run it."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from SegCore.cli import COMMANDS
+
+
+def segcore(*args: str, cwd=None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "SegCore", *args], capture_output=True, text=True, cwd=cwd,
+                          timeout=300)
+
+
+def test_help_lists_every_subcommand():
+    result = segcore("--help")
+    assert result.returncode == 0
+    for name in COMMANDS:
+        assert name in result.stdout
+
+
+def test_console_script_matches_module():
+    script = Path(sys.executable).parent / "segcore"
+    result = subprocess.run([str(script), "--help"], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0 and result.stdout == segcore("--help").stdout
+
+
+@pytest.mark.parametrize("name", COMMANDS)
+def test_each_subcommand_help_has_examples(name):
+    result = segcore(name, "--help")
+    assert result.returncode == 0, result.stderr
+    assert "examples:" in result.stdout.lower()
+    assert "being written" not in result.stdout
+
+
+def test_unknown_subcommand_is_a_usage_error():
+    result = segcore("segment-everything")
+    assert result.returncode == 2 and "invalid choice" in result.stderr
+
+
+def test_segcore_error_is_one_line_and_exit_1(tmp_path):
+    result = segcore("inspect", str(tmp_path / "no-such-dataset"))
+    assert result.returncode == 1
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "no-such-dataset" in lines[0]
+
+
+def test_json_progress_reports_errors_as_events(tmp_path):
+    result = segcore("--progress", "json", "inspect", str(tmp_path / "missing"))
+    events = [json.loads(line) for line in result.stdout.splitlines()]
+    assert result.returncode == 1 and events[-1]["event"] == "error" and "missing" in events[-1]["message"]
