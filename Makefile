@@ -36,9 +36,11 @@ test: setup lint
 lint: setup
 	$(BIN)/ruff check SegCore Testing benchmarks
 
-bench: setup
-	$(BIN)/python -m pip install --quiet -r benchmarks/requirements.txt
-	$(BIN)/python benchmarks/metrics.py
+# Benchmarks run in their own environment, so the peer libraries never enter .venv.
+bench:
+	$(MAKE) setup VENV=.venv-bench
+	.venv-bench/bin/python -m pip install --quiet -r benchmarks/requirements.txt
+	.venv-bench/bin/python benchmarks/metrics.py
 
 clean:
-	rm -rf $(VENV) $(DEMO_OUT) .pytest_cache
+	rm -rf $(VENV) .venv-bench $(DEMO_OUT) .pytest_cache
