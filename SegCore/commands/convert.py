@@ -78,6 +78,11 @@ def run(args, progress) -> None:
     else:
         write_image(volume, target)
     progress(ProgressEvent("convert", 2, 2, f"wrote {target}"))
+    shape = "x".join(str(n) for n in volume.array.shape)
+    spacing = " x ".join(f"{s:.4g}" for s in volume.spacing_mm)
+    axes = "z, y, x" if volume.array.ndim == 3 else "c, z, y, x"
+    print(f"wrote {target}: {shape} voxels ({axes}), spacing {spacing} mm (x, y, z)"
+          + (f", {len(segments)} segment(s)" if segments else ""))
 
 
 def _parse_names(text: str | None) -> dict[int, str]:
