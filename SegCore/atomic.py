@@ -93,3 +93,10 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def save_figure(figure, path: str | os.PathLike, **savefig_options) -> Path:
+    """Write a matplotlib figure as a PNG atomically (options go to `Figure.savefig`, e.g. dpi)."""
+    with atomic_file(path) as tmp:
+        figure.savefig(tmp, format="png", **savefig_options)
+    return Path(path)

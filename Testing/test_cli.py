@@ -52,3 +52,18 @@ def test_json_progress_reports_errors_as_events(tmp_path):
     result = segcore("--progress", "json", "inspect", str(tmp_path / "missing"))
     events = [json.loads(line) for line in result.stdout.splitlines()]
     assert result.returncode == 1 and events[-1]["event"] == "error" and "missing" in events[-1]["message"]
+
+
+def test_label_options_take_separate_or_comma_separated_items():
+    from SegCore.commands.text import parse_label_names
+    from SegCore.errors import SegCoreError
+
+    expected = {1: "liver", 2: "spleen"}
+    assert parse_label_names(["1=liver", "2=spleen"], option="--names") == expected
+    assert parse_label_names(["1=liver,2:spleen"], option="--names") == expected
+    assert parse_label_names(["3"], option="--labels") == {3: "label_3"}
+    for bad, message in ((["0=background"], "not a foreground label"), (["x=1"], "does not start with a label")):
+        with pytest.raises(SegCoreError, match=message):
+            parse_label_names(bad, option="--labels")
+    with pytest.raises(SegCoreError, match="not VALUE=NAME"):
+        parse_label_names(["3"], option="--names", require_names=True)

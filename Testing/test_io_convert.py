@@ -123,6 +123,8 @@ def test_convert_refuses_to_overwrite_its_input(tmp_path, ct, capsys):
 def test_convert_rejects_bad_options(tmp_path, ct, capsys):
     source = write_image(ct, tmp_path / "ct.nrrd")
     assert main(["convert", str(source), str(tmp_path / "x.seg.nrrd"), "--names", "liver"]) == 1
+    assert "--names item 'liver'" in capsys.readouterr().err
+    assert main(["convert", str(source), str(tmp_path / "x.seg.nrrd"), "--names", "1"]) == 1
     assert "not VALUE=NAME" in capsys.readouterr().err
     assert main(["convert", str(source), str(tmp_path / "x.nii"), "--series", "1.2.3"]) == 1
     assert "DICOM folder" in capsys.readouterr().err

@@ -14,7 +14,7 @@ spacing, origin, direction) is kept exactly. OUT is written atomically and never
 examples:
   segcore convert ct_dicom/ ct.nii.gz
   segcore convert study/ ct.nrrd --series 1.2.840.113619.2.55.3.1234
-  segcore convert labels.nii.gz labels.seg.nrrd --names "1=liver,2=spleen"
+  segcore convert labels.nii.gz labels.seg.nrrd --names 1=liver 2=spleen
   segcore convert Segmentation.seg.nrrd labels.nii.gz
   segcore convert ct.nii.gz ct_dicom_out --modality CT
 """
@@ -27,9 +27,9 @@ def add_arguments(parser) -> None:
                         help="SeriesInstanceUID to read when the DICOM folder holds several series")
     parser.add_argument("--labels", action="store_true",
                         help="IN is a label map: check it holds whole numbers and keep an integer type")
-    parser.add_argument("--names", metavar="V=NAME,...", default=None,
-                        help="segment names for label values when writing a .seg.nrrd, e.g. '1=liver,2=spleen' "
-                             "(other values are named Segment_N)")
+    parser.add_argument("--names", metavar="VALUE=NAME", nargs="+", default=None,
+                        help="segment names for label values when writing a .seg.nrrd, e.g. --names 1=liver "
+                             "2=spleen (or '1=liver,2=spleen'); other values are named Segment_N")
     parser.add_argument("--modality", default="CT", help="DICOM Modality when OUT is a DICOM folder (default CT)")
 
 
@@ -37,6 +37,7 @@ def run(args, progress) -> None:
     from pathlib import Path
 
     from SegCore.atomic import file_suffix, refuse_overwriting_inputs
+    from SegCore.commands.text import parse_label_names
     from SegCore.errors import SegCoreError
     from SegCore.io import read_image, read_label, read_segmentation, write_dicom_series, write_image
     from SegCore.io.checks import IMAGE_WRITE_SUFFIXES, SEGMENTATION_SUFFIX
@@ -51,7 +52,7 @@ def run(args, progress) -> None:
         raise SegCoreError(f"cannot write {out_suffix!r}", path=target,
                            fix=f"use one of {', '.join(IMAGE_WRITE_SUFFIXES + (SEGMENTATION_SUFFIX,))}, or a "
                                "folder name without suffix for a DICOM series")
-    names = _parse_names(args.names)
+    names = parse_label_names(args.names, option="--names", require_names=True)
 
     progress(ProgressEvent("convert", 0, 2, f"reading {source.name}"))
     segments = None
@@ -83,24 +84,3 @@ def run(args, progress) -> None:
     axes = "z, y, x" if volume.array.ndim == 3 else "c, z, y, x"
     print(f"wrote {target}: {shape} voxels ({axes}), spacing {spacing} mm (x, y, z)"
           + (f", {len(segments)} segment(s)" if segments else ""))
-
-
-def _parse_names(text: str | None) -> dict[int, str]:
-    """'1=liver,2=spleen' -> {1: 'liver', 2: 'spleen'}."""
-    from SegCore.errors import SegCoreError
-
-    names: dict[int, str] = {}
-    for item in (text or "").split(","):
-        if not item.strip():
-            continue
-        value, sep, name = item.partition("=")
-        try:
-            label = int(value)
-        except ValueError:
-            label = None
-        if not sep or label is None or not name.strip():
-            raise SegCoreError(f"--names entry {item.strip()!r} is not VALUE=NAME",
-                               fix="write e.g. --names '1=liver,2=spleen'")
-        names[label] = name.strip()
-    return names
-

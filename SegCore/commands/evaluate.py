@@ -48,24 +48,13 @@ def add_arguments(parser) -> None:
 
 
 def parse_labels(items: list[str] | None) -> dict[int, str] | None:
-    """'1=liver', '2:tumour', '3' or comma-separated lists of those -> {value: name}."""
+    """'1=liver', '2:tumour', '3' or comma-separated lists of those -> {value: name}; None when not given."""
+    from SegCore.commands.text import parse_label_names
     from SegCore.errors import SegCoreError
 
     if items is None:
         return None
-    table: dict[int, str] = {}
-    for item in (part.strip() for text in items for part in text.split(",")):
-        if not item:
-            continue
-        value_text, _, name = item.replace(":", "=", 1).partition("=")
-        try:
-            value = int(value_text)
-        except ValueError:
-            raise SegCoreError(f"--labels item {item!r} does not start with a label value",
-                               fix="write labels as VALUE or VALUE=NAME, e.g. --labels 1=liver 2=tumour") from None
-        if value <= 0:
-            raise SegCoreError(f"--labels value {value} is not a foreground label (values start at 1)")
-        table[value] = name.strip() or f"label_{value}"
+    table = parse_label_names(items, option="--labels")
     if not table:
         raise SegCoreError("--labels is empty", fix="give at least one label value")
     return table

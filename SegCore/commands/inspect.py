@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from SegCore.commands.text import format_table
 from SegCore.errors import SegCoreError
 
 LAYOUTS = ("auto", "decathlon", "atrium", "pancreas", "thalamus", "muscle", "generic")
@@ -28,12 +29,6 @@ def add_arguments(parser) -> None:
     parser.add_argument("--layout", choices=LAYOUTS, default="auto", help="dataset layout (default: detect)")
     parser.add_argument("--out", type=Path, default=None,
                         help="folder for fingerprint.json / .png (default ./<dataset name>-fingerprint)")
-
-
-def _table(rows: list[list[str]]) -> str:
-    widths = [max(len(row[c]) for row in rows) for c in range(len(rows[0]))]
-    return "\n".join("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
-                     for row in rows)
 
 
 def _numbers(values, digits: int = 3) -> str:
@@ -63,7 +58,7 @@ def report(dataset, fingerprint) -> str:
                      _numbers(case["spacing_mm"]), case["orientation"] + ("*" if case["oblique"] else ""),
                      ",".join(case["channels"]), ",".join(str(v) for v in case["label_values"]) or "-"])
     lines = [f"{dataset.name}: {dataset.layout} layout, {dataset.modality}, {fingerprint.num_cases} cases "
-                      f"({fingerprint.num_labelled} labelled) in {dataset.root}", _table(rows)]
+                      f"({fingerprint.num_labelled} labelled) in {dataset.root}", format_table(rows)]
     if any(case["oblique"] for case in fingerprint.cases):
         lines.append("(* oblique: the image axes are rotated against the patient axes)")
     lines.append("")

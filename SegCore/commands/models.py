@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+from SegCore.commands.text import format_table
 from SegCore.errors import SegCoreError
 
 HELP = "list the networks: parameters, input shape, memory of one training step"
@@ -62,7 +63,7 @@ def run(args, progress) -> None:
     device = _device(args.device, torch)
     rows = [describe_model(name, spatial=sizes.get(MODELS[name].spatial_dims), batch=args.batch, device=device,
                            small=args.small) for name in names]
-    print(json.dumps(rows, indent=2) if args.json else format_table(rows))
+    print(json.dumps(rows, indent=2) if args.json else models_table(rows))
     failed = [row for row in rows if row["error"]]
     if failed:
         raise SegCoreError(f"{len(failed)} network(s) could not run: "
@@ -256,7 +257,7 @@ def _input_sizes(values: list[list[int]]) -> dict[int, tuple[int, ...]]:
     return sizes
 
 
-def format_table(rows: list[dict]) -> str:
+def models_table(rows: list[dict]) -> str:
     """Rows of `describe_model` as an aligned text table, with the memory method and any errors below."""
     header = ("network", "study", "dims", "parameters", "input (B, C, *spatial)", "train-step memory")
     lines = []
@@ -268,10 +269,7 @@ def format_table(rows: list[dict]) -> str:
         lines.append((row["name"], row["study"], f"{row['spatial_dims']}D",
                       "-" if row["parameters"] is None else f"{row['parameters']:,}",
                       "x".join(map(str, row["input_shape"])), memory))
-    widths = [max(len(str(line[i])) for line in [header, *lines]) for i in range(len(header))]
-    text = ["  ".join(str(cell).ljust(width) for cell, width in zip(line, widths, strict=True)).rstrip()
-            for line in [header, *lines]]
-    text.insert(1, "  ".join("-" * width for width in widths))
+    text = [format_table([header, *lines])]
     methods = {row["memory_method"] for row in rows}
     text += ["", "memory: float32, one training step (forward + backward + Adam state)."]
     if "measured-cuda" in methods:

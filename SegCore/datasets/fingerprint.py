@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from SegCore.atomic import atomic_file
+from SegCore.atomic import atomic_file, save_figure
 from SegCore.datasets.case import Dataset, load_case_image, load_case_label
 from SegCore.progress import ProgressCallback, ProgressEvent, no_progress
 
@@ -200,7 +200,5 @@ def write_fingerprint(fingerprint: Fingerprint, out_dir: str | os.PathLike) -> t
     json_path, png_path = out_dir / "fingerprint.json", out_dir / "fingerprint.png"
     with atomic_file(json_path) as tmp:
         tmp.write_text(json.dumps(fingerprint.to_dict(), indent=2) + "\n", encoding="utf-8")
-    figure = plot_fingerprint(fingerprint)
-    with atomic_file(png_path) as tmp:
-        figure.savefig(tmp, format="png", dpi=90)
+    save_figure(plot_fingerprint(fingerprint), png_path, dpi=90)
     return json_path, png_path

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from SegCore.atomic import atomic_file
+from SegCore.atomic import save_figure
 from SegCore.volume import Volume
 
 
@@ -51,7 +51,4 @@ def plot_case(image: Volume, label: Volume | None, title: str = ""):
 
 def write_case_preview(image: Volume, label: Volume | None, path: str | os.PathLike, title: str = "") -> Path:
     """Write `plot_case` as a PNG, atomically; returns the path."""
-    figure = plot_case(image, label, title)
-    with atomic_file(path) as tmp:
-        figure.savefig(tmp, format="png", dpi=90)
-    return Path(path)
+    return save_figure(plot_case(image, label, title), path, dpi=90)

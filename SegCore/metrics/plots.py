@@ -11,7 +11,7 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
-from SegCore.atomic import atomic_file
+from SegCore.atomic import save_figure
 from SegCore.metrics.definitions import METRICS_BY_KEY
 
 BOX_METRICS = ("dice", "iou", "precision", "recall", "surface_dice", "hd_mm", "hd95_mm", "assd_mm",
@@ -27,13 +27,6 @@ def _title(key: str) -> str:
 
 def _ordered(rows: Sequence[dict], key: str) -> list:
     return list(dict.fromkeys(row[key] for row in rows))
-
-
-def _save(figure, path: str | os.PathLike) -> Path:
-    path = Path(path)
-    with atomic_file(path) as tmp:
-        figure.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
-    return path
 
 
 def _new_figure(width: float, height: float):
@@ -70,7 +63,7 @@ def plot_boxes(rows: Sequence[dict], path: str | os.PathLike, metrics: Sequence[
 
         handles = [Patch(color=_COLOURS[g % len(_COLOURS)], alpha=0.6, label=group) for g, group in enumerate(groups)]
         figure.legend(handles=handles, loc="outside upper center", ncols=min(len(groups), 6), fontsize=8)
-    return _save(figure, path)
+    return save_figure(figure, path, dpi=110, bbox_inches="tight")
 
 
 def plot_cases(rows: Sequence[dict], path: str | os.PathLike, metric: str = "dice") -> Path:
@@ -99,4 +92,4 @@ def plot_cases(rows: Sequence[dict], path: str | os.PathLike, metric: str = "dic
         axes.grid(axis="y", alpha=0.3)
         if lab == 0 and len(groups) > 1:
             axes.legend(fontsize=7, ncols=min(len(groups), 6))
-    return _save(figure, path)
+    return save_figure(figure, path, dpi=110, bbox_inches="tight")
