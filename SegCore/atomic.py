@@ -28,6 +28,12 @@ def file_suffix(path: str | os.PathLike) -> str:
     return Path(name).suffix
 
 
+def file_stem(path: str | os.PathLike) -> str:
+    """The file name without its format suffix: 'BRATS_001.nii.gz' -> 'BRATS_001', 'x.seg.nrrd' -> 'x'."""
+    name = Path(path).name
+    return name[: len(name) - len(file_suffix(name))]
+
+
 def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)

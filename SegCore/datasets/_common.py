@@ -5,19 +5,12 @@ from __future__ import annotations
 from collections.abc import Iterable
 from pathlib import Path
 
-from SegCore.atomic import file_suffix
 from SegCore.errors import SegCoreError
+from SegCore.io.checks import IMAGE_READ_SUFFIXES, SEGMENTATION_SUFFIX
 
 # Image formats a layout may hold (read through SegCore.io); '.seg.nrrd' only as labels.
-IMAGE_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".nhdr", ".mha", ".mhd")
-LABEL_SUFFIXES = IMAGE_SUFFIXES + (".seg.nrrd",)
-
-
-def stem(path: Path) -> str:
-    """The file name without its format suffix: 'BRATS_001.nii.gz' -> 'BRATS_001', 'x.seg.nrrd' -> 'x'."""
-    name = path.name
-    suffix = file_suffix(path)
-    return name[: len(name) - len(suffix)] if suffix else name
+IMAGE_SUFFIXES = IMAGE_READ_SUFFIXES
+LABEL_SUFFIXES = IMAGE_READ_SUFFIXES + (SEGMENTATION_SUFFIX,)
 
 
 def visible(paths: Iterable[Path]) -> list[Path]:

@@ -11,7 +11,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from SegCore.datasets._common import check_root, check_unique_ids, list_names, stem
+from SegCore.atomic import file_stem
+from SegCore.datasets._common import check_root, check_unique_ids, list_names
 from SegCore.datasets.case import Case, Dataset, ImageSource, LabelRule
 from SegCore.errors import SegCoreError
 
@@ -91,7 +92,7 @@ def read(root: str | Path, *, include_test: bool = True) -> Dataset:
                            f"{list_names(p.relative_to(root) for p in missing)}", path=json_path,
                            fix="restore the missing files, or remove their entries from dataset.json")
 
-    cases = [Case(stem(image), (ImageSource(image, channels),), label, rule, NAME, subset)
+    cases = [Case(file_stem(image), (ImageSource(image, channels),), label, rule, NAME, subset)
              for subset, image, label in entries]
     check_unique_ids([c.case_id for c in cases], root)
     modality = "CT" if CT_MODALITIES & set(channels) else "MRI"

@@ -14,7 +14,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from SegCore.datasets._common import IMAGE_SUFFIXES, LABEL_SUFFIXES, check_root, list_names, stem, visible
+from SegCore.atomic import file_stem
+from SegCore.datasets._common import IMAGE_SUFFIXES, LABEL_SUFFIXES, check_root, list_names, visible
 from SegCore.datasets.case import Case, Dataset, ImageSource, LabelRule
 from SegCore.errors import SegCoreError
 
@@ -34,7 +35,7 @@ def _entries(folder: Path, suffixes: tuple[str, ...]) -> dict[str, Path]:
     entries: dict[str, Path] = {}
     for path in visible(folder.iterdir()):
         if path.is_dir() or any(path.name.lower().endswith(s) for s in suffixes):
-            name = path.name if path.is_dir() else stem(path)
+            name = path.name if path.is_dir() else file_stem(path)
             if name in entries:
                 raise SegCoreError(f"two files are named {name!r}: {entries[name].name} and {path.name}",
                                    path=folder, fix="keep one file per case")

@@ -11,7 +11,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from SegCore.atomic import file_suffix
+from SegCore.atomic import file_stem
 from SegCore.errors import SegCoreError
 
 MISSING_CHOICES = ("error", "empty", "skip")
@@ -25,12 +25,6 @@ class CasePair:
     case_id: str
     ref: Path
     pred: Path | None
-
-
-def case_name(path: str | os.PathLike) -> str:
-    """The file name without its format suffix ('.nii.gz', '.seg.nrrd', '.nrrd', ...)."""
-    name = Path(path).name
-    return name[: len(name) - len(file_suffix(name))]
 
 
 def _readable(path: Path) -> bool:
@@ -48,12 +42,12 @@ def find_cases(path: str | os.PathLike, *, what: str = "reference") -> dict[str,
         if not _readable(path):
             raise SegCoreError(f"the {what} is not a label file SegCore reads", path=path,
                                fix="use .nii, .nii.gz, .nrrd, .seg.nrrd, .nhdr, .mha or .mhd")
-        return {case_name(path): path}
+        return {file_stem(path): path}
     cases: dict[str, Path] = {}
     for item in sorted(path.iterdir()):
         if not _readable(item):
             continue
-        name = case_name(item)
+        name = file_stem(item)
         if name in cases:
             raise SegCoreError(f"two {what} files are case {name!r}: {cases[name].name} and {item.name}",
                                path=path, fix="keep one file per case")

@@ -162,9 +162,9 @@ def group_names_for(preds: Sequence[str | os.PathLike], names: Sequence[str] | N
         if len(set(names)) != len(names):
             raise SegCoreError(f"group names must be distinct, got {list(names)}")
         return [str(n) for n in names]
-    from SegCore.metrics.cases import case_name
+    from SegCore.atomic import file_stem
 
-    base = [case_name(p) or str(p) for p in (Path(p).resolve() for p in preds)]
+    base = [file_stem(p) or str(p) for p in (Path(p).resolve() for p in preds)]
     return [b if base.count(b) == 1 else f"{b}_{i + 1}" for i, b in enumerate(base)]
 
 
