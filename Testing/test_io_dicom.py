@@ -221,3 +221,23 @@ def test_writer_replaces_an_existing_series_atomically(tmp_path, ct):
     assert len(list(folder.iterdir())) == 3
     assert np.array_equal(read_dicom_series(folder).array, ct.array[:3])
     assert [p.name for p in tmp_path.iterdir()] == ["ct"]  # no temporary folders left behind
+
+
+def test_single_dcm_file_is_one_slice_of_its_series(tmp_path, ct, oblique_direction):
+    oblique = Volume(ct.array, Volume.create(ct.array, SPACING_MM, ORIGIN_LPS,
+                                              _rotation_det_plus_one(oblique_direction)).grid)
+    folder = write_dicom_series(oblique, tmp_path / "series")
+    files = list_dicom_series(folder)[0].files  # sorted along the slice normal
+    one = read_image(files[2])
+    assert one.shape_zyx == (1, *ct.shape_zyx[1:])
+    np.testing.assert_array_equal(one.array[0], ct.array[2])
+    np.testing.assert_allclose(one.origin_lps, oblique.grid.index_to_lps([[0, 0, 2]])[0], atol=1e-3)
+    np.testing.assert_allclose(one.direction_lps, oblique.direction_lps, atol=1e-4)
+    np.testing.assert_allclose(one.spacing_mm[:2], SPACING_MM[:2], rtol=1e-5)
+
+
+def test_a_file_that_is_not_dicom_is_refused_by_name(tmp_path):
+    path = tmp_path / "scan.dcm"
+    path.write_text("not a DICOM file")
+    with pytest.raises(SegCoreError, match="scan.dcm: not a readable DICOM image file"):
+        read_image(path)

@@ -101,18 +101,15 @@ class ImageSource:
 
     path: Path
     channels: tuple[str, ...]
-    series_uid: str | None = None  # set for a single .dcm file: read as that series of its folder
 
     @property
     def is_dicom(self) -> bool:
         return self.path.is_dir() or self.path.suffix.lower() == ".dcm"
 
     def read(self) -> Volume:
-        """The entry as a Volume through SegCore.io (a .dcm file as its one-file series)."""
-        from SegCore.io import read_dicom_series, read_image
+        """The entry as a Volume through SegCore.io (a .dcm file is one slice)."""
+        from SegCore.io import read_image
 
-        if self.series_uid is not None:
-            return read_dicom_series(self.path.parent, series_uid=self.series_uid)
         return read_image(self.path)
 
 
@@ -148,8 +145,7 @@ class Case:
         """JSON-able description (paths as strings)."""
         return {
             "case_id": self.case_id,
-            "images": [{"path": str(s.path), "channels": list(s.channels),
-                        **({"series_uid": s.series_uid} if s.series_uid else {})} for s in self.images],
+            "images": [{"path": str(s.path), "channels": list(s.channels)} for s in self.images],
             "label": None if self.label_path is None else str(self.label_path),
             "label_rule": self.label_rule.to_dict(),
             "layout": self.layout,

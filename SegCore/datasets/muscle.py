@@ -39,7 +39,10 @@ def _labels(root: Path) -> dict[str, Path]:
 
 
 def _series_of_files(root: Path) -> dict[str, str]:
-    """File name -> SeriesInstanceUID of the .dcm files directly in `root`; each must be its own series."""
+    """File name -> SeriesInstanceUID of the .dcm files directly in `root`; each must be its own series.
+
+    One scan of the folder's headers when the dataset is opened: it finds unreadable files and a multi-slice
+    series left flat in the root (which must be a <scan>/ folder), before any case is loaded."""
     from SegCore.io import list_dicom_series
 
     by_file = {}
@@ -78,7 +81,7 @@ def read(root: str | Path, *, require_labels: bool = True) -> Dataset:
     if unreadable:
         raise SegCoreError(f"not readable as DICOM images: {list_names(unreadable)}", path=root,
                            fix="re-export those scans, or remove them")
-    cases = [Case(name, (ImageSource(path, ("CT",), series.get(path.name)),), labels.get(name), LABEL_RULE, NAME,
+    cases = [Case(name, (ImageSource(path, ("CT",)),), labels.get(name), LABEL_RULE, NAME,
                   metadata={"form": "series" if path.is_dir() else "slice"})
              for name, path in sorted(scans.items())]
     return Dataset(root.name, NAME, root, cases, ("CT",), {0: "background", 1: "muscle"}, "CT")

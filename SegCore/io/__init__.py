@@ -1,7 +1,8 @@
 """File I/O: every reader returns a `Volume` (LPS geometry), every failure is a `SegCoreError` naming the file.
 
 Formats: NIfTI (.nii, .nii.gz, 4D = channels), NRRD (.nrrd, .nhdr), MetaImage (.mha, .mhd), 3D Slicer
-segmentations (.seg.nrrd with segment names, colours, label values, layers) and DICOM series folders.
+segmentations (.seg.nrrd with segment names, colours, label values, layers), DICOM series folders and
+single-slice DICOM files (.dcm).
 See docs/io.md for the conventions and the rules applied to DICOM.
 """
 

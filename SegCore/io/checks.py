@@ -26,6 +26,7 @@ _FORMATS: dict[str, tuple[str, bool, bool]] = {
     ".nhdr": ("NRRD detached header (+ data file)", True, False),
     ".mha": ("MetaImage (one file, compressed when written)", True, True),
     ".mhd": ("MetaImage header (+ .raw/.zraw data file)", True, False),
+    ".dcm": ("DICOM file, one slice (a folder of them reads as a series)", True, False),
     ".seg.nrrd": ("3D Slicer segmentation (segment names, colours, label values, layers)", True, True),
 }
 DICOM_FOLDER = "DICOM folder"

@@ -81,12 +81,16 @@ def _check_folder(folder: str | os.PathLike) -> Path:
 
 
 def _scan(folder: Path) -> dict[str, list[_Slice]]:
+    return _scan_files(p for p in sorted(folder.iterdir())
+                       if not p.name.startswith(".") and p.is_file() and p.name.upper() != "DICOMDIR")
+
+
+def _scan_files(paths) -> dict[str, list[_Slice]]:
+    """Series UID -> its slices sorted along the normal, largest series first; non-DICOM files are skipped."""
     import SimpleITK as sitk
 
     series: dict[str, list[_Slice]] = {}
-    for path in sorted(folder.iterdir()):
-        if path.name.startswith(".") or not path.is_file() or path.name.upper() == "DICOMDIR":
-            continue
+    for path in paths:
         reader = sitk.ImageFileReader()
         reader.SetImageIO("GDCMImageIO")
         reader.SetFileName(str(path))
@@ -155,7 +159,6 @@ def read_dicom_series(folder: str | os.PathLike, *, series_uid: str | None = Non
     `series_uid`, multi-frame or colour images, inconsistent orientation/size/spacing between slices,
     duplicate positions, gantry tilt, missing slices or uneven spacing.
     """
-    import SimpleITK as sitk
 
     folder = _check_folder(folder)
     found = _scan(folder)
@@ -172,20 +175,40 @@ def read_dicom_series(folder: str | os.PathLike, *, series_uid: str | None = Non
         listing = _describe([_series_info(uid, slices) for uid, slices in found.items()])
         raise SegCoreError(f"no series with UID {series_uid!r}; the folder holds: {listing}", path=folder,
                            fix="pass one of the listed series UIDs")
-    slices = found[series_uid]
-    grid = _series_grid(slices, folder)
+    return _read_slices(found[series_uid], folder)
+
+
+def read_dicom_file(path: str | os.PathLike) -> Volume:
+    """Read one DICOM image file as a one-slice (1, Y, X) volume in LPS, with Rescale Slope/Intercept applied.
+
+    The slice thickness is the Spacing Between Slices or Slice Thickness tag (1 mm when neither is set).
+    Use `read_dicom_series` for a multi-slice series: one file holds one slice of it.
+    """
+    path = Path(path)
+    found = _scan_files([path])
+    if not found:
+        raise SegCoreError("not a readable DICOM image file", path=path,
+                           fix="check the file; for a series pass its folder instead")
+    return _read_slices(next(iter(found.values())), path)
+
+
+def _read_slices(slices: list[_Slice], where: Path) -> Volume:
+    """The pixel data of sorted slices of one series as a volume; `where` is named in errors."""
+    import SimpleITK as sitk
+
+    grid = _series_grid(slices, where)
     planes = []
     for entry in slices:
         try:
             image = sitk.ReadImage(str(entry.path), imageIO="GDCMImageIO")
         except RuntimeError as error:
             detail = " ".join(str(error).split())[:160]
-            raise SegCoreError(f"cannot read the pixel data of {entry.path.name} ({detail})", path=folder,
+            raise SegCoreError(f"cannot read the pixel data of {entry.path.name} ({detail})", path=where,
                                fix="re-export the series; the file is corrupt or compressed with an unsupported "
                                    "transfer syntax") from error
         if image.GetNumberOfComponentsPerPixel() != 1:
             raise SegCoreError(f"{entry.path.name} is a colour image; only greyscale series are supported",
-                               path=folder)
+                               path=where)
         planes.append(sitk.GetArrayFromImage(image).reshape(grid.shape_zyx[1:]))
     array = np.stack(planes)
     return Volume(_hu_dtype(array), grid)

@@ -41,7 +41,7 @@ _SITK_IO = {".nrrd": "NrrdImageIO", ".nhdr": "NrrdImageIO", ".seg.nrrd": "NrrdIm
 def read_image(path: str | os.PathLike, *, allow_4d: bool = True, series_uid: str | None = None) -> Volume:
     """Read an image file or a DICOM series folder as a `Volume` in LPS.
 
-    Files: .nii, .nii.gz, .nrrd, .nhdr, .mha, .mhd. A folder is read as a DICOM series (see
+    Files: .nii, .nii.gz, .nrrd, .nhdr, .mha, .mhd, and .dcm (one DICOM slice). A folder is read as a DICOM series (see
     `read_dicom_series`; it must hold exactly one series). A 4D NIfTI (X, Y, Z, C), as in the Medical
     Segmentation Decathlon, becomes a (C, Z, Y, X) volume with the 3D geometry; so does a multi-component
     NRRD/MetaImage. A fourth axis of size 1 is dropped. A Slicer .seg.nrrd is read as its label map (see
@@ -67,6 +67,10 @@ def read_image(path: str | os.PathLike, *, allow_4d: bool = True, series_uid: st
             volume = merge_layers(*read_segmentation(path), path=path)[0]
         elif suffix in (".nii", ".nii.gz"):
             volume = _read_nifti(path)
+        elif suffix == ".dcm":
+            from SegCore.io.dicom import read_dicom_file
+
+            volume = read_dicom_file(path)
         else:
             volume = sitk_image_to_volume(read_sitk_image(path), path)
     check_finite(volume.array, path)
