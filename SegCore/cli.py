@@ -1,13 +1,17 @@
 """`segcore`: the command line. One subcommand per job; each lives in `SegCore/commands/<name>.py`.
 
 A command module has `HELP` (one line), `DESCRIPTION` (what it does, with examples), `add_arguments(parser)`
-and `run(args, progress)`. Command modules import heavy stages (torch, SimpleITK) inside `run`, so
-`segcore --help` is instant.
+and `run(args, progress)`, which prints text for people and may return a JSON-able dict for programs. Command
+modules import heavy stages (torch, SimpleITK) inside `run`, so `segcore --help` is instant.
+
+With `--progress json` stdout carries only JSON lines (progress events, then `{"event": "result", ...}` or
+`{"event": "error", ...}`), for the Slicer process runner; the text for people goes to stderr.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import json
 import sys
@@ -42,8 +46,10 @@ def main(argv: list[str] | None = None) -> int:
     """Run the CLI; returns the exit code (0 ok, 1 a SegCoreError, 2 bad usage, 130 interrupted)."""
     args = build_parser().parse_args(argv)
     kind = args.progress or ("bar" if sys.stderr.isatty() else "none")
+    progress = make_progress(kind)  # a JSON renderer binds the real stdout here, before the redirect below
     try:
-        args.run(args, make_progress(kind))
+        with contextlib.redirect_stdout(sys.stderr) if kind == "json" else contextlib.nullcontext():
+            result = args.run(args, progress)
     except SegCoreError as error:
         if kind == "json":
             print(json.dumps({"event": "error", "message": str(error)}), flush=True)
@@ -52,6 +58,8 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"segcore {args.command}: interrupted", file=sys.stderr)
         return 130
+    if kind == "json":
+        print(json.dumps({"event": "result", "command": args.command, **(result or {})}), flush=True)
     return 0
 
 

@@ -67,3 +67,13 @@ def test_label_options_take_separate_or_comma_separated_items():
             parse_label_names(bad, option="--labels")
     with pytest.raises(SegCoreError, match="not VALUE=NAME"):
         parse_label_names(["3"], option="--names", require_names=True)
+
+
+def test_json_mode_stdout_is_only_json_lines_ending_with_the_result(tmp_path):
+    out = tmp_path / "la"
+    result = segcore("--progress", "json", "phantoms", "--study", "atrium", "--out", str(out), "--cases", "2")
+    assert result.returncode == 0, result.stderr
+    events = [json.loads(line) for line in result.stdout.splitlines()]  # fails on any non-JSON line
+    assert [e["step"] for e in events if e["event"] == "progress"] == [1, 2]
+    assert events[-1] == {"event": "result", "command": "phantoms", "files": [str(out)]}
+    assert "wrote 2 atrium phantom case(s)" in result.stderr  # the text for people still shows

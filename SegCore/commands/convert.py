@@ -33,7 +33,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--modality", default="CT", help="DICOM Modality when OUT is a DICOM folder (default CT)")
 
 
-def run(args, progress) -> None:
+def run(args, progress) -> dict:
     from pathlib import Path
 
     from SegCore.atomic import file_suffix, refuse_overwriting_inputs
@@ -84,3 +84,4 @@ def run(args, progress) -> None:
     axes = "z, y, x" if volume.array.ndim == 3 else "c, z, y, x"
     print(f"wrote {target}: {shape} voxels ({axes}), spacing {spacing} mm (x, y, z)"
           + (f", {len(segments)} segment(s)" if segments else ""))
+    return {"files": [str(target)]}

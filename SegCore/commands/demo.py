@@ -28,7 +28,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
 
 
-def run(args, progress) -> None:
+def run(args, progress) -> dict:
     from SegCore.commands.inspect import report
     from SegCore.datasets import compute_fingerprint, load_case, open_dataset, write_case_preview, write_fingerprint
     from SegCore.phantoms import write_phantom_dataset
@@ -46,3 +46,4 @@ def run(args, progress) -> None:
                                  title=f"{dataset.name}: case {case.case_id}, label outlined")
     print(f"\nwrote the dataset to {data}\nwrote {json_path}, {png_path.name} and {preview.name}")
     print(f"next: segcore inspect {data} --out fingerprint    segcore convert --help    segcore models")
+    return {"files": [str(data), str(json_path), str(png_path), str(preview)]}

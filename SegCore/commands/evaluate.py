@@ -81,18 +81,13 @@ def summary_lines(evaluation) -> list[str]:
     return lines
 
 
-def run(args, progress) -> None:
-    import json
-
+def run(args, progress) -> dict:
     from SegCore.metrics import evaluate, write_report
 
     evaluation = evaluate(args.pred, args.ref, labels=parse_labels(args.labels), group_names=args.group_names,
                           tolerance_mm=args.tolerance_mm, resample=args.resample, missing=args.missing,
                           progress=progress)
     written = write_report(evaluation, args.out, plots=not args.no_plots) if args.out else []
-    if args.progress == "json":  # stdout carries JSON lines for the Slicer runner
-        print(json.dumps({"event": "result", "files": [str(p) for p in written], "notes": evaluation.notes}))
-        return
     print("\n".join(summary_lines(evaluation)))
     print(f"surface Dice tolerance {args.tolerance_mm:g} mm; 'not ok' counts rows with an empty mask "
           "(see the status column)")
@@ -100,3 +95,4 @@ def run(args, progress) -> None:
         print(f"note: {note}")
     if written:
         print(f"wrote {len(written)} files to {args.out}: {', '.join(p.name for p in written)}")
+    return {"files": [str(p) for p in written], "notes": evaluation.notes}

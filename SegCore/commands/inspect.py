@@ -75,7 +75,7 @@ def report(dataset, fingerprint) -> str:
     return "\n".join(lines)
 
 
-def run(args, progress) -> None:
+def run(args, progress) -> dict:
     from SegCore.datasets import compute_fingerprint, open_dataset, write_fingerprint
 
     dataset = open_dataset(args.data, args.layout)
@@ -86,3 +86,4 @@ def run(args, progress) -> None:
     print(report(dataset, fingerprint))
     json_path, png_path = write_fingerprint(fingerprint, out)
     print(f"wrote {json_path} and {png_path.name}")
+    return {"files": [str(json_path), str(png_path)]}

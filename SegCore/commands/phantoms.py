@@ -52,7 +52,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--overwrite", action="store_true", help="replace --out if it exists and is not empty")
 
 
-def run(args, progress) -> None:
+def run(args, progress) -> dict:
     from SegCore.phantoms import resolve_shape, write_phantom_dataset
 
     if args.size is not None and len(args.size) not in (1, 3):
@@ -65,3 +65,4 @@ def run(args, progress) -> None:
     what = f"decathlon {args.task}" if args.study == "decathlon" else args.study
     print(f"wrote {args.cases} {what} phantom case(s), {shape[0]}x{shape[1]}x{shape[2]} voxels (z,y,x), "
           f"difficulty {args.difficulty}, seed {args.seed}, to {out}")
+    return {"files": [str(out)]}
