@@ -7,7 +7,8 @@ See docs/io.md for the conventions and the rules applied to DICOM.
 """
 
 from SegCore.io.checks import supported_formats
-from SegCore.io.dicom import DicomSeries, list_dicom_series, read_dicom_series, write_dicom_series
+from SegCore.io.dicom import DicomSeries, list_dicom_series, read_dicom_series
+from SegCore.io.dicom_writer import write_dicom_series
 from SegCore.io.images import read_image, read_label, write_image
 from SegCore.io.segmentation import Segment, read_segmentation, write_segmentation
 
