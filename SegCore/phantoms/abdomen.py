@@ -18,10 +18,10 @@ from SegCore.phantoms.shapes import (
     SmoothWarp,
     blur,
     capsule,
-    case_grid,
+    case_rngs,
     ellipse_radius,
     ellipsoid,
-    patient_position,
+    place_case,
     rotation_z,
 )
 from SegCore.volume import Volume
@@ -103,12 +103,9 @@ class Abdomen:
 
 def _ct_case(index: int, seed: int, shape_zyx, level: Difficulty, *, centre, fov_mm, targets, labels,
              reference_hu: float) -> PhantomCase:
-    anatomy_rng = np.random.default_rng([seed, index, 0])
-    noise_rng = np.random.default_rng([seed, index, 1])
+    anatomy_rng, noise_rng = case_rngs(seed, index)
     body = Abdomen.random(anatomy_rng)
-    frame = patient_position(anatomy_rng)
-    grid = case_grid(anatomy_rng, shape_zyx, fov_mm, rotate_degrees=15.0 if index % 2 else 0.0,
-                     centre_lps=frame + np.asarray(centre))
+    frame, grid = place_case(anatomy_rng, index, shape_zyx, fov_mm, 15.0, centre)
     warp = SmoothWarp.random(anatomy_rng, 6.0)
     tissues = render_tissues(grid, frame, warp, body)
     table = with_contrast(HU, list(targets), np.array([reference_hu]), level)

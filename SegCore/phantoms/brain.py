@@ -18,9 +18,9 @@ from SegCore.phantoms.shapes import (
     Coords,
     SmoothWarp,
     blur,
-    case_grid,
+    case_rngs,
     ellipsoid,
-    patient_position,
+    place_case,
     rician,
     rotation_z,
 )
@@ -112,11 +112,9 @@ class Head:
 
 
 def _render(index: int, seed: int, shape_zyx, fov_mm, *, tumour: bool):
-    anatomy_rng = np.random.default_rng([seed, index, 0])
-    noise_rng = np.random.default_rng([seed, index, 1])
+    anatomy_rng, noise_rng = case_rngs(seed, index)
     head = Head.random(anatomy_rng, tumour=tumour)
-    frame = patient_position(anatomy_rng)
-    grid = case_grid(anatomy_rng, shape_zyx, fov_mm, rotate_degrees=12.0 if index % 2 else 0.0, centre_lps=frame)
+    frame, grid = place_case(anatomy_rng, index, shape_zyx, fov_mm, 12.0)
     return grid, render_tissues(grid, frame, SmoothWarp.random(anatomy_rng, 3.0), head), noise_rng
 
 

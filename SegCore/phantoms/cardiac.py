@@ -18,10 +18,10 @@ from SegCore.phantoms.shapes import (
     SmoothWarp,
     blur,
     capsule,
-    case_grid,
+    case_rngs,
     ellipse_radius,
     ellipsoid,
-    patient_position,
+    place_case,
     rician,
     rotation_z,
     smooth_field,
@@ -82,12 +82,9 @@ class Thorax:
 
 
 def _case(index: int, seed: int, shape_zyx, level: Difficulty, table: np.ndarray, noise: float) -> tuple:
-    anatomy_rng = np.random.default_rng([seed, index, 0])
-    noise_rng = np.random.default_rng([seed, index, 1])
+    anatomy_rng, noise_rng = case_rngs(seed, index)
     thorax = Thorax.random(anatomy_rng)
-    frame = patient_position(anatomy_rng)
-    grid = case_grid(anatomy_rng, shape_zyx, (200.0, 200.0, 90.0), rotate_degrees=20.0 if index % 2 else 0.0,
-                     centre_lps=frame)
+    frame, grid = place_case(anatomy_rng, index, shape_zyx, (200.0, 200.0, 90.0), 20.0)
     tissues = render_tissues(grid, frame, SmoothWarp.random(anatomy_rng, 4.0), thorax)
     # Poor blood-to-wall contrast is what makes LGE atria hard: all blood loses contrast to the wall.
     table = with_contrast(table, [BLOOD, LA_BLOOD], table[LA_WALL], level)

@@ -15,10 +15,10 @@ from SegCore.phantoms.shapes import (
     Coords,
     SmoothWarp,
     blur,
-    case_grid,
+    case_rngs,
     ellipse_radius,
     ellipsoid,
-    patient_position,
+    place_case,
     rician,
 )
 from SegCore.volume import Volume
@@ -63,12 +63,9 @@ class Pelvis:
 
 
 def prostate_case(index: int, seed: int, shape_zyx, level: Difficulty) -> PhantomCase:
-    anatomy_rng = np.random.default_rng([seed, index, 0])
-    noise_rng = np.random.default_rng([seed, index, 1])
+    anatomy_rng, noise_rng = case_rngs(seed, index)
     pelvis = Pelvis.random(anatomy_rng)
-    frame = patient_position(anatomy_rng)
-    grid = case_grid(anatomy_rng, shape_zyx, (160.0, 160.0, 72.0), rotate_degrees=12.0 if index % 2 else 0.0,
-                     centre_lps=frame)
+    frame, grid = place_case(anatomy_rng, index, shape_zyx, (160.0, 160.0, 72.0), 12.0)
     tissues = render_tissues(grid, frame, SmoothWarp.random(anatomy_rng, 3.0), pelvis)
     table = with_contrast(np.stack([T2, ADC], axis=1), [PERIPHERAL, TRANSITION], REFERENCE, level)
     noise = (18.0, 60.0)

@@ -159,3 +159,22 @@ class SmoothScalar:
 def patient_position(rng: np.random.Generator) -> np.ndarray:
     """Where a patient's anatomical frame lies in scanner LPS (mm): the table is never at the origin."""
     return np.array([0.0, 0.0, -300.0]) + rng.uniform(-40.0, 40.0, size=3)
+
+
+def case_rngs(seed: int, index: int) -> tuple[np.random.Generator, np.random.Generator]:
+    """The two generators of case `index`: anatomy (shapes, position, grid) and noise, independent of each other
+    so that a difficulty level changes the noise without changing the anatomy."""
+    return np.random.default_rng([seed, index, 0]), np.random.default_rng([seed, index, 1])
+
+
+def place_case(anatomy_rng: np.random.Generator, index: int, shape_zyx: tuple[int, int, int],
+               fov_mm_xyz: tuple[float, float, float], rotate_degrees: float,
+               offset_lps: tuple[float, float, float] = (0.0, 0.0, 0.0)) -> tuple[np.ndarray, Grid]:
+    """Patient frame (LPS mm) and image grid of case `index`, centred at frame + `offset_lps`.
+
+    Odd-numbered cases get a grid rotated by up to `rotate_degrees`, so every dataset holds oblique cases.
+    """
+    frame = patient_position(anatomy_rng)
+    grid = case_grid(anatomy_rng, shape_zyx, fov_mm_xyz, rotate_degrees=rotate_degrees if index % 2 else 0.0,
+                     centre_lps=frame + np.asarray(offset_lps))
+    return frame, grid
