@@ -2,10 +2,10 @@
 
 Conventions (used everywhere in SegCore):
 - `array` is (Z, Y, X) for one channel or (C, Z, Y, X) for several: `array[..., k, j, i]` is voxel (i, j, k).
-- `spacing_mm` is (x, y, z): the voxel size along the i, j, k index axes.
+- `spacing_xyz_mm` is (x, y, z): the voxel size along the i, j, k index axes.
 - `origin_lps` is the physical position (mm, LPS) of voxel (0, 0, 0)'s centre.
 - `direction_lps` is 3x3; its column c is the unit LPS direction of index axis c (i, j, k), as ITK stores it.
-- physical_lps = origin_lps + direction_lps @ diag(spacing_mm) @ (i, j, k).
+- physical_lps = origin_lps + direction_lps @ diag(spacing_xyz_mm) @ (i, j, k).
 - RAS (NIfTI, Slicer) flips the first two physical axes: ras = diag(-1, -1, 1) @ lps.
 """
 
@@ -31,17 +31,17 @@ class Grid:
     """Where a voxel array lies in space; see the module docstring for the conventions."""
 
     shape_zyx: tuple[int, int, int]
-    spacing_mm: tuple[float, float, float]
+    spacing_xyz_mm: tuple[float, float, float]
     origin_lps: tuple[float, float, float]
     direction_lps: tuple[tuple[float, float, float], ...]  # 3x3, rows of the matrix
 
     def __post_init__(self):
-        spacing = np.asarray(self.spacing_mm, dtype=float)
+        spacing = np.asarray(self.spacing_xyz_mm, dtype=float)
         direction = np.asarray(self.direction_lps, dtype=float)
         origin = np.asarray(self.origin_lps, dtype=float)
         if len(self.shape_zyx) != 3 or spacing.shape != (3,) or origin.shape != (3,) or direction.shape != (3, 3):
             raise SegCoreError(f"a grid needs 3 sizes, spacings, origin values and a 3x3 direction, got shape "
-                               f"{self.shape_zyx}, spacing {self.spacing_mm}, origin {self.origin_lps}")
+                               f"{self.shape_zyx}, spacing {self.spacing_xyz_mm}, origin {self.origin_lps}")
         if not np.all(np.isfinite(spacing)) or np.any(spacing <= 0):
             raise SegCoreError(f"voxel spacing must be positive and finite, got {tuple(spacing.tolist())} mm",
                                fix="repair the image header's spacing (pixdim / space directions)")
@@ -51,24 +51,11 @@ class Grid:
             raise SegCoreError(f"direction matrix is singular: {direction.tolist()}",
                                fix="repair the image header's orientation (qform/sform or space directions)")
 
-    @property
-    def direction(self) -> np.ndarray:
-        """3x3 float array: column c is the LPS direction of index axis c."""
-        return np.asarray(self.direction_lps, dtype=float)
-
-    @property
-    def spacing(self) -> np.ndarray:
-        return np.asarray(self.spacing_mm, dtype=float)
-
-    @property
-    def origin(self) -> np.ndarray:
-        return np.asarray(self.origin_lps, dtype=float)
-
     def ijk_to_lps(self) -> np.ndarray:
         """4x4 affine from voxel indices (i, j, k) to physical LPS mm."""
         matrix = np.eye(4)
-        matrix[:3, :3] = self.direction * self.spacing[None, :]
-        matrix[:3, 3] = self.origin
+        matrix[:3, :3] = np.asarray(self.direction_lps, dtype=float) * np.asarray(self.spacing_xyz_mm)[None, :]
+        matrix[:3, 3] = self.origin_lps
         return matrix
 
     def ijk_to_ras(self) -> np.ndarray:
@@ -78,23 +65,25 @@ class Grid:
     def index_to_lps(self, ijk: np.ndarray) -> np.ndarray:
         """(N, 3) voxel indices (i, j, k) -> (N, 3) LPS positions in mm."""
         ijk = np.asarray(ijk, dtype=float).reshape(-1, 3)
-        return ijk @ (self.direction * self.spacing[None, :]).T + self.origin
+        matrix = self.ijk_to_lps()
+        return ijk @ matrix[:3, :3].T + matrix[:3, 3]
 
     def lps_to_index(self, lps: np.ndarray) -> np.ndarray:
         """(N, 3) LPS positions in mm -> (N, 3) continuous voxel indices (i, j, k)."""
         lps = np.asarray(lps, dtype=float).reshape(-1, 3)
-        return (lps - self.origin) @ np.linalg.inv(self.direction * self.spacing[None, :]).T
+        matrix = self.ijk_to_lps()
+        return (lps - matrix[:3, 3]) @ np.linalg.inv(matrix[:3, :3]).T
 
     def mismatch(self, other: Grid) -> str | None:
         """None when the grids agree within tolerance, else a sentence saying how they differ."""
         if tuple(self.shape_zyx) != tuple(other.shape_zyx):
             return f"sizes differ (z, y, x): {tuple(self.shape_zyx)} vs {tuple(other.shape_zyx)}"
-        if not np.allclose(self.spacing, other.spacing, rtol=SPACING_RTOL, atol=0):
-            return f"spacings differ (x, y, z mm): {self.spacing.tolist()} vs {other.spacing.tolist()}"
-        if not np.allclose(self.origin, other.origin, rtol=0, atol=ORIGIN_ATOL_MM):
-            return f"origins differ (LPS mm): {self.origin.tolist()} vs {other.origin.tolist()}"
-        if not np.allclose(self.direction, other.direction, rtol=0, atol=DIRECTION_ATOL):
-            return f"directions differ: {self.direction.tolist()} vs {other.direction.tolist()}"
+        if not np.allclose(self.spacing_xyz_mm, other.spacing_xyz_mm, rtol=SPACING_RTOL, atol=0):
+            return f"spacings differ (x, y, z mm): {list(self.spacing_xyz_mm)} vs {list(other.spacing_xyz_mm)}"
+        if not np.allclose(self.origin_lps, other.origin_lps, rtol=0, atol=ORIGIN_ATOL_MM):
+            return f"origins differ (LPS mm): {list(self.origin_lps)} vs {list(other.origin_lps)}"
+        if not np.allclose(self.direction_lps, other.direction_lps, rtol=0, atol=DIRECTION_ATOL):
+            return f"directions differ: {self.direction_lps} vs {other.direction_lps}"
         return None
 
     def same_as(self, other: Grid) -> bool:
@@ -137,31 +126,19 @@ class Volume:
             raise SegCoreError(f"array shape {self.array.shape} does not fit grid shape {self.grid.shape_zyx}")
 
     @classmethod
-    def create(cls, array: np.ndarray, spacing_mm=(1.0, 1.0, 1.0), origin_lps=(0.0, 0.0, 0.0),
+    def create(cls, array: np.ndarray, spacing_xyz_mm=(1.0, 1.0, 1.0), origin_lps=(0.0, 0.0, 0.0),
                direction_lps=None) -> Volume:
         """A volume from an array and its geometry (direction defaults to identity)."""
         array = np.asarray(array)
         direction = np.eye(3) if direction_lps is None else np.asarray(direction_lps, dtype=float).reshape(3, 3)
-        grid = Grid(tuple(int(s) for s in array.shape[-3:]), tuple(float(s) for s in spacing_mm),
+        grid = Grid(tuple(int(s) for s in array.shape[-3:]), tuple(float(s) for s in spacing_xyz_mm),
                     tuple(float(o) for o in origin_lps), tuple(tuple(r) for r in direction.tolist()))
         return cls(array, grid)
 
-    # Shorthands for the grid's geometry.
     @property
     def shape_zyx(self) -> tuple[int, int, int]:
+        """The grid's (Z, Y, X) size; spacing, origin and direction are read from `volume.grid`."""
         return tuple(self.grid.shape_zyx)
-
-    @property
-    def spacing_mm(self) -> np.ndarray:
-        return self.grid.spacing
-
-    @property
-    def origin_lps(self) -> np.ndarray:
-        return self.grid.origin
-
-    @property
-    def direction_lps(self) -> np.ndarray:
-        return self.grid.direction
 
     @property
     def num_channels(self) -> int:
@@ -170,7 +147,7 @@ class Volume:
     @property
     def voxel_volume_ml(self) -> float:
         """Volume of one voxel in millilitres (1 ml = 1000 mm^3)."""
-        return float(np.prod(self.grid.spacing)) / 1000.0
+        return float(np.prod(self.grid.spacing_xyz_mm)) / 1000.0
 
     def with_array(self, array: np.ndarray) -> Volume:
         """The same grid with another array of matching (Z, Y, X) shape (channels may differ)."""
@@ -210,9 +187,9 @@ def to_sitk(volume: Volume):
         image = sitk.GetImageFromArray(volume.array)
     else:
         image = sitk.GetImageFromArray(np.moveaxis(volume.array, 0, -1), isVector=True)
-    image.SetSpacing(volume.grid.spacing.tolist())
-    image.SetOrigin(volume.grid.origin.tolist())
-    image.SetDirection(volume.grid.direction.flatten().tolist())
+    image.SetSpacing([float(s) for s in volume.grid.spacing_xyz_mm])
+    image.SetOrigin([float(o) for o in volume.grid.origin_lps])
+    image.SetDirection(np.asarray(volume.grid.direction_lps, dtype=float).flatten().tolist())
     return image
 
 

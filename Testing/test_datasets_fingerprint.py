@@ -66,12 +66,12 @@ def test_labels_geometry_and_class_frequencies_match_numpy(brain_tumour):
     for name, (_, label, volume) in zip(sorted(by_id), cases, strict=True):
         summary = by_id[name]
         assert summary["shape_zyx"] == list(volume.shape_zyx)
-        assert summary["spacing_mm"] == pytest.approx(volume.spacing_mm.tolist())
-        direction = volume.grid.direction.flatten().tolist()
+        assert summary["spacing_xyz_mm"] == pytest.approx(list(volume.grid.spacing_xyz_mm))
+        direction = np.ravel(volume.grid.direction_lps).tolist()
         assert summary["orientation"] == sitk.DICOMOrientImageFilter_GetOrientationFromDirectionCosines(direction)
         assert summary["label_values"] == ([] if label is None else np.unique(label).tolist())
-    spacings = np.array([volume.spacing_mm for _, _, volume in cases])
-    assert fingerprint.spacing_mm["median"] == pytest.approx(np.median(spacings, axis=0).tolist())
+    spacings = np.array([volume.grid.spacing_xyz_mm for _, _, volume in cases])
+    assert fingerprint.spacing_xyz_mm["median"] == pytest.approx(np.median(spacings, axis=0).tolist())
     assert sum(fingerprint.orientations.values()) == 4
 
 

@@ -224,7 +224,8 @@ def test_thalamus_channels_on_different_grids(copy_of):
     case = open_dataset(root).cases[0]
     fa_path = root / case.case_id / "diffusion" / "FA.nii.gz"
     fa = read_image(fa_path)
-    shifted = Volume.create(fa.array, fa.grid.spacing, fa.grid.origin + np.array([2.0, 0, 0]), fa.grid.direction)
+    shifted = Volume.create(fa.array, fa.grid.spacing_xyz_mm, np.add(fa.grid.origin_lps, [2.0, 0, 0]),
+                            fa.grid.direction_lps)
     write_image(shifted, fa_path)
     text = error_text(lambda: load_case_image(case))
     assert "FA.nii.gz" in text and "evalue1.nii.gz" in text and "origins differ" in text
@@ -243,7 +244,9 @@ def test_label_on_another_grid_than_its_image(copy_of):
     root = copy_of("atrium")
     case = open_dataset(root).cases[0]
     raw = read_label(case.label_path)
-    write_image(Volume.create(raw.array, raw.grid.spacing * 1.5, raw.grid.origin, raw.grid.direction), case.label_path)
+    coarser = Volume.create(raw.array, np.multiply(raw.grid.spacing_xyz_mm, 1.5), raw.grid.origin_lps,
+                            raw.grid.direction_lps)
+    write_image(coarser, case.label_path)
     text = error_text(lambda: load_case(case))
     assert "laendo.nrrd" in text and "spacings differ" in text
 

@@ -75,9 +75,10 @@ def test_round_trip_flipped_axis_gives_same_voxels_at_same_positions(tmp_path, c
     volume = Volume.create(ct.array, SPACING_MM, ORIGIN_LPS, oblique_direction)
     back = read_dicom_series(write_dicom_series(volume, tmp_path / "flipped"))
     last = ct.shape_zyx[0] - 1
-    np.testing.assert_allclose(back.origin_lps, volume.grid.index_to_lps([0, 0, last])[0], atol=1e-6)
-    np.testing.assert_allclose(back.direction_lps[:, 2], -volume.direction_lps[:, 2], atol=1e-6)
-    np.testing.assert_allclose(back.direction_lps[:, :2], volume.direction_lps[:, :2], atol=1e-9)
+    np.testing.assert_allclose(back.grid.origin_lps, volume.grid.index_to_lps([0, 0, last])[0], atol=1e-6)
+    back_direction, direction = np.asarray(back.grid.direction_lps), np.asarray(volume.grid.direction_lps)
+    np.testing.assert_allclose(back_direction[:, 2], -direction[:, 2], atol=1e-6)
+    np.testing.assert_allclose(back_direction[:, :2], direction[:, :2], atol=1e-9)
     assert np.array_equal(back.array, volume.array[::-1])
     # every voxel centre of `back` is a voxel centre of `volume` with the same value
     ijk = np.array([[1, 2, 0], [4, 0, 5], [6, 4, 2]])
@@ -174,8 +175,8 @@ def test_oblique_but_untilted_series_is_accepted(tmp_path, oblique_direction):
     row, column, normal = rotation[:, 0], rotation[:, 1], rotation[:, 2]
     positions = [np.array([5.0, -3.0, 1.0]) + 1.5 * k * normal for k in range(4)]
     volume = read_dicom_series(_write_slices(tmp_path / "oblique", positions, row, column))
-    np.testing.assert_allclose(volume.direction_lps, rotation, atol=1e-6)
-    np.testing.assert_allclose(volume.spacing_mm, [0.5, 0.5, 1.5], atol=1e-6)
+    np.testing.assert_allclose(volume.grid.direction_lps, rotation, atol=1e-6)
+    np.testing.assert_allclose(volume.grid.spacing_xyz_mm, [0.5, 0.5, 1.5], atol=1e-6)
     assert [int(volume.array[k, 0, 0]) for k in range(4)] == [0, 1, 2, 3]
 
 
@@ -231,9 +232,9 @@ def test_single_dcm_file_is_one_slice_of_its_series(tmp_path, ct, oblique_direct
     one = read_image(files[2])
     assert one.shape_zyx == (1, *ct.shape_zyx[1:])
     np.testing.assert_array_equal(one.array[0], ct.array[2])
-    np.testing.assert_allclose(one.origin_lps, oblique.grid.index_to_lps([[0, 0, 2]])[0], atol=1e-3)
-    np.testing.assert_allclose(one.direction_lps, oblique.direction_lps, atol=1e-4)
-    np.testing.assert_allclose(one.spacing_mm[:2], SPACING_MM[:2], rtol=1e-5)
+    np.testing.assert_allclose(one.grid.origin_lps, oblique.grid.index_to_lps([[0, 0, 2]])[0], atol=1e-3)
+    np.testing.assert_allclose(one.grid.direction_lps, oblique.grid.direction_lps, atol=1e-4)
+    np.testing.assert_allclose(one.grid.spacing_xyz_mm[:2], SPACING_MM[:2], rtol=1e-5)
 
 
 def test_a_file_that_is_not_dicom_is_refused_by_name(tmp_path):

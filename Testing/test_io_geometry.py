@@ -83,7 +83,7 @@ def test_simpleitk_and_nibabel_views_agree_on_segcore_files(tmp_path, oblique_im
     image = sitk.ReadImage(str(path))
     np.testing.assert_allclose(image.GetOrigin(), ORIGIN_LPS, atol=1e-4)
     np.testing.assert_allclose(image.GetSpacing(), SPACING_MM, rtol=1e-6)
-    np.testing.assert_allclose(np.reshape(image.GetDirection(), (3, 3)), oblique_image.direction_lps, atol=1e-5)
+    np.testing.assert_allclose(np.reshape(image.GetDirection(), (3, 3)), oblique_image.grid.direction_lps, atol=1e-5)
     assert np.array_equal(sitk.GetArrayFromImage(image), oblique_image.array)
     if suffix == ".nii.gz":  # the same file through nibabel: RAS = diag(-1, -1, 1) LPS
         np.testing.assert_allclose(nib.load(str(path)).affine, LPS_TO_RAS @ oblique_image.ijk_to_lps(), atol=1e-4)

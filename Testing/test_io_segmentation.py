@@ -54,7 +54,7 @@ def test_sample_segmentation_lies_on_the_sample_ct_grid():
     header = nrrd.read_header(str(CT))
     assert header["space"] == "left-posterior-superior"
     np.testing.assert_allclose(ct.ijk_to_lps()[:3, :3], np.asarray(header["space directions"]).T, atol=1e-9)
-    np.testing.assert_allclose(ct.origin_lps, header["space origin"], atol=1e-9)
+    np.testing.assert_allclose(ct.grid.origin_lps, header["space origin"], atol=1e-9)
     assert ct.shape_zyx == tuple(int(s) for s in reversed(header["sizes"]))
     labels = read_label(SEG, reference=ct.grid, allowed_values=range(8))
     assert labels.array.shape == ct.array.shape
@@ -145,7 +145,7 @@ def test_reference_extent_offset_does_not_move_the_volume(tmp_path):
     cropped.write_bytes(data)
     volume, segments = read_segmentation(cropped)
     header = nrrd.read_header(str(cropped))
-    np.testing.assert_allclose(volume.origin_lps, header["space origin"], atol=1e-12)
+    np.testing.assert_allclose(volume.grid.origin_lps, header["space origin"], atol=1e-12)
     assert segments[0].extra["Extent"] == "2 3 1 2 0 1"
     assert np.array_equal(volume.array, array)
 

@@ -128,11 +128,11 @@ def row(values) -> torch.Tensor:
 def test_boundary_loss_by_hand():
     # Reference [1, 1, 0, 0, 0, 0] with x spacing 2 mm: foreground map [-4, -2, 2, 4, 6, 8].
     target = torch.tensor([1, 1, 0, 0, 0, 0]).view(1, 1, 6)
-    loss = BoundaryLoss(spacing_mm=(2.0, 1.0), inputs="probabilities")
+    loss = BoundaryLoss(spacing_xyz_mm=(2.0, 1.0), inputs="probabilities")
     assert float(loss(row([0, 0, 1, 0, 0, 0]), target)) == pytest.approx(2 / 6)
     assert float(loss(row([1, 1, 0, 0, 0, 0]), target)) == pytest.approx(-6 / 6)
     # With the background class too: its map is [4, 2, -2, -4, -6, -8] and its probability 1 - p.
-    both = BoundaryLoss(spacing_mm=(2.0, 1.0), include_background=True, inputs="probabilities")
+    both = BoundaryLoss(spacing_xyz_mm=(2.0, 1.0), include_background=True, inputs="probabilities")
     value = both(row([0, 0, 1, 0, 0, 0]), target)
     assert float(value) == pytest.approx((2 + (4 + 2 - 4 - 6 - 8)) / 12)
 
@@ -140,7 +140,7 @@ def test_boundary_loss_by_hand():
 def test_boundary_loss_prefers_predictions_nearer_the_boundary():
     target = torch.zeros(1, 12, 12, dtype=torch.long)
     target[0, 4:8, 4:8] = 1
-    loss = BoundaryLoss(spacing_mm=(1.0, 1.0), inputs="probabilities")
+    loss = BoundaryLoss(spacing_xyz_mm=(1.0, 1.0), inputs="probabilities")
 
     def shifted(dx: int) -> torch.Tensor:
         return torch.roll(target, dx, dims=2).float()[:, None]
@@ -153,8 +153,8 @@ def test_boundary_loss_uses_mm_and_given_maps(tmp_path):
     target = torch.zeros(2, 3, 4, 8, dtype=torch.long)
     target[:, :, :, :3] = 1
     logits = torch.randn(2, 1, 3, 4, 8)
-    iso = BoundaryLoss(spacing_mm=(1.0, 1.0, 1.0))(logits, target)
-    aniso = BoundaryLoss(spacing_mm=(0.5, 7.0, 9.0))(logits, target)  # only x matters for an x-slab
+    iso = BoundaryLoss(spacing_xyz_mm=(1.0, 1.0, 1.0))(logits, target)
+    aniso = BoundaryLoss(spacing_xyz_mm=(0.5, 7.0, 9.0))(logits, target)  # only x matters for an x-slab
     assert float(aniso) == pytest.approx(0.5 * float(iso), rel=1e-5)
     maps = torch.from_numpy(np.stack([signed_distance_map_mm(t, (0.5, 7.0, 9.0), 2) for t in target.numpy()]))
     given = BoundaryLoss()(logits, target, distance_maps=maps)
@@ -164,7 +164,7 @@ def test_boundary_loss_uses_mm_and_given_maps(tmp_path):
     with pytest.raises(SegCoreError, match=r"distance_maps shape \(2, 3, 3, 4, 8\)"):
         BoundaryLoss()(logits, target, distance_maps=torch.zeros(2, 3, 3, 4, 8))
     # Through a cache folder: one file per case, named by its id.
-    cached = BoundaryLoss(spacing_mm=(0.5, 7.0, 9.0), cache=tmp_path)
+    cached = BoundaryLoss(spacing_xyz_mm=(0.5, 7.0, 9.0), cache=tmp_path)
     assert float(cached(logits, target, case_ids=["a", "b"])) == pytest.approx(float(aniso), rel=1e-6)
     assert sorted(p.name.split("-")[0] for p in tmp_path.iterdir()) == ["a", "b"]
 
@@ -185,6 +185,6 @@ def test_boundary_logits_and_probabilities_modes_agree(channels, rng):
     target = torch.from_numpy(rng.integers(0, max(channels, 2), size=(2, 3, 6, 7)))
     probs = torch.sigmoid(logits) if channels == 1 else torch.softmax(logits, 1)
     spacing = (0.5, 1.0, 3.0)
-    from_logits = BoundaryLoss(spacing_mm=spacing)(logits, target)
-    from_probs = BoundaryLoss(spacing_mm=spacing, inputs="probabilities")(probs, target)
+    from_logits = BoundaryLoss(spacing_xyz_mm=spacing)(logits, target)
+    from_probs = BoundaryLoss(spacing_xyz_mm=spacing, inputs="probabilities")(probs, target)
     assert float(from_logits) == pytest.approx(float(from_probs), abs=1e-5)

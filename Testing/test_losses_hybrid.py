@@ -97,7 +97,7 @@ def test_hybrid_value_is_the_weighted_sum_by_hand():
     dice = 1 - 2 * 1 / (2 + 2 + 1e-6)
     boundary = (-2 + 1) / 4
     loss = HybridLoss(schedule={"alpha_start": 0.25, "alpha_end": 0.25, "ramp_epochs": 0},
-                      spacing_mm=(1.0, 1.0), inputs="probabilities")
+                      spacing_xyz_mm=(1.0, 1.0), inputs="probabilities")
     assert float(loss(p, target)) == pytest.approx(0.25 * dice + 0.75 * boundary, abs=1e-6)
     assert float(loss.last_terms["region"]) == pytest.approx(dice, abs=1e-6)
     assert float(loss.last_terms["boundary"]) == pytest.approx(boundary)

@@ -32,7 +32,7 @@ def sphere_labels(radius: float, shape=(16, 24, 24)) -> np.ndarray:
 
 
 def volume(array: np.ndarray) -> Volume:
-    return Volume.create(array, spacing_mm=SPACING, origin_lps=ORIGIN)
+    return Volume.create(array, spacing_xyz_mm=SPACING, origin_lps=ORIGIN)
 
 
 @pytest.fixture
@@ -147,7 +147,7 @@ def test_missing_cases_error_empty_or_skip(cohort, capsys):
 def test_mismatched_grids_are_an_error_unless_resampled(cohort, capsys):
     ref = cohort["arrays"]["case1"]["ref"]
     coarse = cohort["tmp"] / "coarse"
-    write_image(Volume.create(ref[::2], spacing_mm=(0.8, 0.8, 4.0), origin_lps=ORIGIN), coarse / "case1.nii.gz")
+    write_image(Volume.create(ref[::2], spacing_xyz_mm=(0.8, 0.8, 4.0), origin_lps=ORIGIN), coarse / "case1.nii.gz")
     code = main(["evaluate", "--pred", str(coarse), "--ref", str(cohort["refs"] / "case1.nii.gz")])
     error = capsys.readouterr().err
     assert code == 1 and "case1" in error and "grids differ" in error and "--resample" in error
@@ -159,7 +159,7 @@ def test_cropped_segmentation_is_placed_on_the_reference_grid(cohort):
     ref = cohort["arrays"]["case1"]["ref"]
     z, y, x = (slice(int(a.min()), int(a.max()) + 1) for a in np.nonzero(ref))
     origin = tuple(o + s * i for o, s, i in zip(ORIGIN, SPACING, (x.start, y.start, z.start), strict=True))
-    crop = Volume.create(ref[z, y, x], spacing_mm=SPACING, origin_lps=origin)
+    crop = Volume.create(ref[z, y, x], spacing_xyz_mm=SPACING, origin_lps=origin)
     path = cohort["tmp"] / "cropped" / "case1.seg.nrrd"
     write_segmentation(crop, segments_for_labels([1, 2]), path)
     evaluation = evaluate(path, cohort["refs"] / "case1.nii.gz")

@@ -61,8 +61,8 @@ def test_label_table_forms_and_errors():
 
 def test_volumes_on_different_grids_are_refused_with_the_difference_named():
     pred, ref = two_label_maps()
-    ref_volume = Volume.create(ref, spacing_mm=(0.8, 0.9, 2.5))
-    shifted = Volume.create(pred, spacing_mm=(0.8, 0.9, 2.5), origin_lps=(0.0, 0.0, 2.0))
+    ref_volume = Volume.create(ref, spacing_xyz_mm=(0.8, 0.9, 2.5))
+    shifted = Volume.create(pred, spacing_xyz_mm=(0.8, 0.9, 2.5), origin_lps=(0.0, 0.0, 2.0))
     with pytest.raises(SegCoreError, match="origins differ") as info:
         compare_volumes(shifted, ref_volume)
     assert "--resample" in str(info.value)
@@ -73,10 +73,10 @@ def test_volumes_on_different_grids_are_refused_with_the_difference_named():
 def test_resample_maps_a_finer_prediction_onto_the_reference_grid():
     ref = np.zeros((8, 10, 12), np.uint8)
     ref[2:6, 3:8, 4:9] = 2
-    ref_volume = Volume.create(ref, spacing_mm=(2.0, 2.0, 2.0), origin_lps=(10.0, 20.0, 30.0))
+    ref_volume = Volume.create(ref, spacing_xyz_mm=(2.0, 2.0, 2.0), origin_lps=(10.0, 20.0, 30.0))
     # The same object on a 1 mm grid whose voxel centres include the 2 mm centres.
     fine = ref.repeat(2, 0).repeat(2, 1).repeat(2, 2)
-    fine_volume = Volume.create(fine, spacing_mm=(1.0, 1.0, 1.0), origin_lps=(9.5, 19.5, 29.5))
+    fine_volume = Volume.create(fine, spacing_xyz_mm=(1.0, 1.0, 1.0), origin_lps=(9.5, 19.5, 29.5))
     with pytest.raises(SegCoreError, match="sizes differ"):
         compare_volumes(fine_volume, ref_volume)
     (row,) = compare_volumes(fine_volume, ref_volume, resample=True)
@@ -95,15 +95,15 @@ def test_oblique_volumes_measure_the_same_as_axis_aligned(oblique_direction):
 def test_place_on_grid_pastes_a_cropped_segmentation_exactly():
     full = np.zeros((10, 12, 14), np.uint8)
     full[3:6, 4:8, 5:9] = 4
-    reference = Volume.create(full, spacing_mm=(0.5, 0.6, 3.0), origin_lps=(1.0, 2.0, 3.0))
+    reference = Volume.create(full, spacing_xyz_mm=(0.5, 0.6, 3.0), origin_lps=(1.0, 2.0, 3.0))
     crop = full[3:6, 4:8, 5:9]
-    cropped = Volume.create(crop, spacing_mm=(0.5, 0.6, 3.0), origin_lps=(1.0 + 5 * 0.5, 2.0 + 4 * 0.6, 3.0 + 9.0))
+    cropped = Volume.create(crop, spacing_xyz_mm=(0.5, 0.6, 3.0), origin_lps=(1.0 + 5 * 0.5, 2.0 + 4 * 0.6, 3.0 + 9.0))
     placed = place_on_grid(cropped, reference.grid)
     assert placed is not None and placed.grid.same_as(reference.grid)
     assert np.array_equal(placed.array, full)
-    half_voxel = Volume.create(crop, spacing_mm=(0.5, 0.6, 3.0), origin_lps=(1.25, 2.0, 3.0))
+    half_voxel = Volume.create(crop, spacing_xyz_mm=(0.5, 0.6, 3.0), origin_lps=(1.25, 2.0, 3.0))
     assert place_on_grid(half_voxel, reference.grid) is None
-    outside = Volume.create(crop, spacing_mm=(0.5, 0.6, 3.0), origin_lps=(-1.0, 2.0, 3.0))
+    outside = Volume.create(crop, spacing_xyz_mm=(0.5, 0.6, 3.0), origin_lps=(-1.0, 2.0, 3.0))
     assert place_on_grid(outside, reference.grid) is None  # labels would fall off the reference image
 
 

@@ -57,10 +57,10 @@ def test_phantom_is_read_back_in_its_layout(written, key):
         image, label = load_case(case)
         assert image.array.shape[0] == len(channels)
         assert image.array.dtype == np.float32 and np.isfinite(image.array).all()
-        assert np.abs(image.grid.origin).max() > 50.0  # the table is never at the scanner origin
-        spacing = image.grid.spacing
+        assert np.abs(np.asarray(image.grid.origin_lps)).max() > 50.0  # the table is never at the scanner origin
+        spacing = np.asarray(image.grid.spacing_xyz_mm)
         assert spacing.max() / spacing.min() > 1.01  # anisotropic voxels
-        rotated += _rotation_degrees(image.grid.direction) > 5.0
+        rotated += _rotation_degrees(np.asarray(image.grid.direction_lps)) > 5.0
         if label is None:  # MSD imagesTs
             assert case.subset == "test" and layout == "decathlon"
             continue

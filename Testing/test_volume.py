@@ -81,10 +81,10 @@ def test_invalid_geometry_is_refused(spacing, direction, message):
 
 def test_grid_mismatch_names_what_differs(oblique_direction):
     grid = make_volume(oblique_direction).grid
-    shifted = Grid(grid.shape_zyx, grid.spacing_mm, tuple(grid.origin + [0, 0, 0.5]), grid.direction_lps)
+    shifted = Grid(grid.shape_zyx, grid.spacing_xyz_mm, tuple(np.add(grid.origin_lps, [0, 0, 0.5])), grid.direction_lps)
     assert grid.mismatch(grid) is None
     assert "origins differ" in grid.mismatch(shifted)
-    other_size = Grid((5, 6, 8), grid.spacing_mm, grid.origin_lps, grid.direction_lps)
+    other_size = Grid((5, 6, 8), grid.spacing_xyz_mm, grid.origin_lps, grid.direction_lps)
     assert "sizes differ" in grid.mismatch(other_size)
 
 

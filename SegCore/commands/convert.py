@@ -80,7 +80,7 @@ def run(args, progress) -> dict:
         write_image(volume, target)
     progress(ProgressEvent("convert", 2, 2, f"wrote {target}"))
     shape = "x".join(str(n) for n in volume.array.shape)
-    spacing = " x ".join(f"{s:.4g}" for s in volume.spacing_mm)
+    spacing = " x ".join(f"{s:.4g}" for s in volume.grid.spacing_xyz_mm)
     axes = "z, y, x" if volume.array.ndim == 3 else "c, z, y, x"
     print(f"wrote {target}: {shape} voxels ({axes}), spacing {spacing} mm (x, y, z)"
           + (f", {len(segments)} segment(s)" if segments else ""))

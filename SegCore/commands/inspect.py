@@ -55,7 +55,7 @@ def report(dataset, fingerprint) -> str:
     rows = [["case", "subset", "size (z,y,x)", "spacing (x,y,z mm)", "orient.", "channels", "labels"]]
     for case in fingerprint.cases:
         rows.append([case["case_id"], case["subset"], " x ".join(str(s) for s in case["shape_zyx"]),
-                     _numbers(case["spacing_mm"]), case["orientation"] + ("*" if case["oblique"] else ""),
+                     _numbers(case["spacing_xyz_mm"]), case["orientation"] + ("*" if case["oblique"] else ""),
                      ",".join(case["channels"]), ",".join(str(v) for v in case["label_values"]) or "-"])
     lines = [f"{dataset.name}: {dataset.layout} layout, {dataset.modality}, {fingerprint.num_cases} cases "
                       f"({fingerprint.num_labelled} labelled) in {dataset.root}", format_table(rows)]
@@ -63,7 +63,7 @@ def report(dataset, fingerprint) -> str:
         lines.append("(* oblique: the image axes are rotated against the patient axes)")
     lines.append("")
     lines.append(f"median size (z,y,x): {_numbers(fingerprint.shape_zyx['median'])}   "
-                         f"median spacing (x,y,z mm): {_numbers(fingerprint.spacing_mm['median'])}   orientations: "
+                         f"median spacing (x,y,z mm): {_numbers(fingerprint.spacing_xyz_mm['median'])}   orientations: "
           + ", ".join(f"{code} {count}" for code, count in sorted(fingerprint.orientations.items())))
     for name, every, foreground in zip(fingerprint.channel_names, fingerprint.intensity_all,
                                        fingerprint.intensity_foreground, strict=True):

@@ -90,7 +90,7 @@ class Fingerprint:
     label_names: dict[str, str]
     cases: list[dict]
     shape_zyx: dict[str, list[float]]
-    spacing_mm: dict[str, list[float]]
+    spacing_xyz_mm: dict[str, list[float]]
     orientations: dict[str, int]
     intensity_all: list[dict | None]
     intensity_foreground: list[dict | None]
@@ -164,9 +164,9 @@ def compute_fingerprint(dataset: Dataset, *, progress: ProgressCallback = no_pro
                 label_voxels[value] = label_voxels.get(value, 0) + n
         summaries.append({
             "case_id": case.case_id, "subset": case.subset, "shape_zyx": list(image.shape_zyx),
-            "spacing_mm": image.grid.spacing.tolist(), "origin_lps": image.grid.origin.tolist(),
-            "orientation": orientation_code(image.grid.direction),
-            "oblique": bool(np.any(np.abs(image.grid.direction).max(axis=0) < 1 - 1e-4)),
+            "spacing_xyz_mm": list(image.grid.spacing_xyz_mm), "origin_lps": list(image.grid.origin_lps),
+            "orientation": orientation_code(np.asarray(image.grid.direction_lps)),
+            "oblique": bool(np.any(np.abs(np.asarray(image.grid.direction_lps)).max(axis=0) < 1 - 1e-4)),
             "channels": list(case.channel_names) or [str(c) for c in range(image.num_channels)],
             "label_values": sorted(counts), "label_voxels": {str(k): v for k, v in sorted(counts.items())},
         })
@@ -182,7 +182,7 @@ def compute_fingerprint(dataset: Dataset, *, progress: ProgressCallback = no_pro
         else [str(c) for c in range(channels)],
         label_names={str(k): v for k, v in sorted(dataset.label_names.items())}, cases=summaries,
         shape_zyx=_spread([s["shape_zyx"] for s in summaries]) if summaries else {},
-        spacing_mm=_spread([s["spacing_mm"] for s in summaries]) if summaries else {},
+        spacing_xyz_mm=_spread([s["spacing_xyz_mm"] for s in summaries]) if summaries else {},
         orientations=orientations,
         intensity_all=[s.summary() for s in all_stats], intensity_foreground=[s.summary() for s in fg_stats],
         histograms=_histograms(all_stats, fg_stats) if summaries else [],

@@ -27,7 +27,7 @@ def plot_fingerprint(fingerprint: Fingerprint):
     figure.suptitle(f"{fingerprint.dataset} ({fingerprint.layout}): {fingerprint.num_cases} cases, "
                     f"{fingerprint.num_labelled} labelled")
 
-    spacing = np.asarray([c["spacing_mm"] for c in fingerprint.cases], dtype=float).reshape(-1, 3)
+    spacing = np.asarray([c["spacing_xyz_mm"] for c in fingerprint.cases], dtype=float).reshape(-1, 3)
     shape = np.asarray([c["shape_zyx"] for c in fingerprint.cases], dtype=float).reshape(-1, 3)
     _strip(figure.add_subplot(grid[0, 0]), spacing, ("x", "y", "z"), "voxel spacing (mm)")
     _strip(figure.add_subplot(grid[0, 1]), shape[:, ::-1], ("x", "y", "z"), "image size (voxels)")

@@ -28,7 +28,7 @@ def plot_case(image: Volume, label: Volume | None, title: str = ""):
     foreground = np.argwhere(labels > 0) if labels is not None else np.empty((0, 3))
     centre_zyx = foreground.mean(axis=0).round().astype(int) if len(foreground) else np.array(array.shape) // 2
     low, high = np.percentile(array, [0.5, 99.5])
-    spacing_x, spacing_y, spacing_z = image.spacing_mm
+    spacing_x, spacing_y, spacing_z = image.grid.spacing_xyz_mm
     # Axial with row j = 0 on top (anterior in LPS), the others with slice k = 0 at the bottom (inferior).
     views = [("axial", (centre_zyx[0], slice(None), slice(None)), spacing_y / spacing_x, "upper"),
              ("coronal", (slice(None), centre_zyx[1], slice(None)), spacing_z / spacing_x, "lower"),

@@ -48,7 +48,7 @@ def write_dicom_series(volume: Volume, folder: str | os.PathLike, *, modality: s
     if volume.array.ndim != 3:
         raise SegCoreError(f"a DICOM series holds one channel, got {volume.num_channels}", path=folder,
                            fix="write each channel as its own series")
-    direction = volume.direction_lps
+    direction = np.asarray(volume.grid.direction_lps)
     if not np.allclose(direction.T @ direction, np.eye(3), atol=1e-6):
         raise SegCoreError("DICOM slices need orthogonal axes, the volume's direction is sheared", path=folder,
                            fix="resample the volume onto an orthogonal grid first (SegCore.volume.resample_to_grid)")
@@ -64,7 +64,7 @@ def write_dicom_series(volume: Volume, folder: str | os.PathLike, *, modality: s
         "0008|0030": now.strftime("%H%M%S"), "0008|0031": now.strftime("%H%M%S"), "0008|0060": modality,
         "0008|103e": series_description, "0010|0010": patient_id, "0010|0020": patient_id,
         "0020|000d": study_uid, "0020|000e": series_uid, "0020|0011": "1", "0020|0052": frame_uid,
-        "0018|0050": f"{volume.spacing_mm[2]:.10g}", "0018|0088": f"{volume.spacing_mm[2]:.10g}",
+        "0018|0050": f"{volume.grid.spacing_xyz_mm[2]:.10g}", "0018|0088": f"{volume.grid.spacing_xyz_mm[2]:.10g}",
         "0028|1052": _decimal_string(intercept), "0028|1053": _decimal_string(slope),
         "0028|1054": "HU" if modality == "CT" else "US",
         # GDCM needs the stored type spelled out for a float buffer: 16-bit signed.

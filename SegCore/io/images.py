@@ -317,7 +317,7 @@ def _write_nifti(volume: Volume, path: Path) -> None:
     image = nib.Nifti1Image(volume.to_nifti_array(), affine)
     # Both qform and sform, code 1 (scanner): ITK, Slicer and nibabel then agree on the orientation. A qform
     # (a rotation) cannot hold a sheared direction; then only the sform is set, so nothing disagrees.
-    direction = volume.direction_lps
+    direction = np.asarray(volume.grid.direction_lps)
     orthonormal = np.allclose(direction.T @ direction, np.eye(3), atol=1e-6)
     image.set_qform(affine if orthonormal else None, code=1 if orthonormal else 0)
     image.set_sform(affine, code=1)

@@ -270,7 +270,7 @@ def _check_segments(layers: np.ndarray, segments: list[Segment], path: Path) -> 
 
 def _nrrd_header(labels: Volume, layers: np.ndarray, segments: list[Segment]) -> str:
     grid = labels.grid
-    axes = [" (" + ",".join(repr(float(v)) for v in grid.direction[:, c] * grid.spacing[c]) + ")"
+    axes = [" (" + ",".join(repr(float(v)) for v in grid.ijk_to_lps()[:3, c]) + ")"
             for c in range(3)]
     size_xyz = " ".join(str(s) for s in reversed(grid.shape_zyx))
     multi = labels.array.ndim == 4
@@ -286,7 +286,7 @@ def _nrrd_header(labels: Volume, layers: np.ndarray, segments: list[Segment]) ->
         "kinds: " + ("list " if multi else "") + "domain domain domain",
         "endian: little",
         "encoding: gzip",
-        "space origin: (" + ",".join(repr(float(v)) for v in grid.origin) + ")",
+        "space origin: (" + ",".join(repr(float(v)) for v in grid.origin_lps) + ")",
     ]
     used_ids: set[str] = set()
     for index, segment in enumerate(segments):

@@ -31,7 +31,7 @@ class BoundaryLoss(nn.Module):
     outside it lies. Its minimum is negative (all probability inside the reference); values are in mm.
 
     Args:
-        spacing_mm: voxel size (x, y, z) in mm, or (x, y) for 2D inputs; None = 1 mm per axis (voxel units).
+        spacing_xyz_mm: voxel size (x, y, z) in mm, or (x, y) for 2D inputs; None = 1 mm per axis (voxel units).
             Used only when distance maps are computed here from the target.
         include_background: use class 0's map too (default False: foreground classes, as Kervadec et al.).
         inputs: "logits" or "probabilities".
@@ -48,10 +48,10 @@ class BoundaryLoss(nn.Module):
 
     needs_distance_maps = True
 
-    def __init__(self, spacing_mm: Sequence[float] | None = None, include_background: bool = False,
+    def __init__(self, spacing_xyz_mm: Sequence[float] | None = None, include_background: bool = False,
                  inputs: str = "logits", cache: DistanceMapCache | str | os.PathLike | None = None):
         super().__init__()
-        self.spacing_mm = None if spacing_mm is None else tuple(float(s) for s in spacing_mm)
+        self.spacing_xyz_mm = None if spacing_xyz_mm is None else tuple(float(s) for s in spacing_xyz_mm)
         self.include_background = include_background
         self.inputs = check_inputs_kind(inputs)
         self.cache = _as_cache(cache)
@@ -60,9 +60,9 @@ class BoundaryLoss(nn.Module):
                          case_ids: Sequence[str] | None = None) -> Tensor:
         """(N, K, *spatial) float32 maps from (N, *spatial) integer labels, on the labels' device."""
         labels = hard_labels.detach().cpu().numpy()
-        spacing = self.spacing_mm if self.spacing_mm is not None else (1.0,) * (labels.ndim - 1)
+        spacing = self.spacing_xyz_mm if self.spacing_xyz_mm is not None else (1.0,) * (labels.ndim - 1)
         if len(spacing) != labels.ndim - 1:
-            raise SegCoreError(f"spacing_mm has {len(spacing)} values for {labels.ndim - 1}D inputs",
+            raise SegCoreError(f"spacing_xyz_mm has {len(spacing)} values for {labels.ndim - 1}D inputs",
                                fix="give (x, y) for 2D inputs and (x, y, z) for 3D")
         if case_ids is not None and len(case_ids) != len(labels):
             raise SegCoreError(f"{len(case_ids)} case ids for a batch of {len(labels)}")
@@ -113,7 +113,7 @@ class HybridLoss(nn.Module):
             "dice_ce", "cross_entropy").
         region_kwargs: arguments of the region loss (its `inputs` is set from `inputs`).
         schedule: a HybridSchedule, or its arguments as a dict; None = HybridSchedule() (Kervadec's ramp).
-        spacing_mm, include_background, cache: passed to BoundaryLoss.
+        spacing_xyz_mm, include_background, cache: passed to BoundaryLoss.
         inputs: "logits" or "probabilities", for both terms.
 
     forward(prediction, target, distance_maps=None, case_ids=None): as BoundaryLoss. When alpha is 1 the
@@ -127,7 +127,7 @@ class HybridLoss(nn.Module):
     needs_distance_maps = True
 
     def __init__(self, region: str = "dice", region_kwargs: dict | None = None,
-                 schedule: HybridSchedule | dict | None = None, spacing_mm: Sequence[float] | None = None,
+                 schedule: HybridSchedule | dict | None = None, spacing_xyz_mm: Sequence[float] | None = None,
                  include_background: bool = False, cache: DistanceMapCache | str | os.PathLike | None = None,
                  inputs: str = "logits"):
         super().__init__()
@@ -141,7 +141,7 @@ class HybridLoss(nn.Module):
                                fix="set inputs once, on the hybrid loss")
         kwargs["inputs"] = self.inputs
         self.region = build_loss(region, **kwargs)
-        self.boundary = BoundaryLoss(spacing_mm, include_background, inputs, cache)
+        self.boundary = BoundaryLoss(spacing_xyz_mm, include_background, inputs, cache)
         if schedule is None:
             schedule = HybridSchedule()
         elif isinstance(schedule, dict):

@@ -28,23 +28,23 @@ from SegCore.errors import SegCoreError
 MAP_VERSION = "sdm-mm-v1"
 
 
-def _sampling_zyx(label_zyx: np.ndarray, spacing_mm_xyz: Sequence[float]) -> tuple[float, ...]:
-    spacing = tuple(float(s) for s in spacing_mm_xyz)
+def _sampling_zyx(label_zyx: np.ndarray, spacing_xyz_mm: Sequence[float]) -> tuple[float, ...]:
+    spacing = tuple(float(s) for s in spacing_xyz_mm)
     if len(spacing) != label_zyx.ndim:
-        raise SegCoreError(f"spacing_mm_xyz has {len(spacing)} values for a {label_zyx.ndim}D label of shape "
+        raise SegCoreError(f"spacing_xyz_mm has {len(spacing)} values for a {label_zyx.ndim}D label of shape "
                            f"{label_zyx.shape}", fix="give (x, y) for a 2D label and (x, y, z) for a 3D one")
     if not all(np.isfinite(s) and s > 0 for s in spacing):
         raise SegCoreError(f"spacing must be positive and finite, got {spacing} mm")
     return spacing[::-1]  # arrays are (Z, Y, X) / (Y, X); spacing is given x first
 
 
-def signed_distance_map_mm(label_zyx: np.ndarray, spacing_mm_xyz: Sequence[float],
+def signed_distance_map_mm(label_zyx: np.ndarray, spacing_xyz_mm: Sequence[float],
                            num_classes: int) -> np.ndarray:
     """Signed distance map of every class of an integer label image, in mm.
 
     Args:
         label_zyx: (Z, Y, X) or (Y, X) integer labels 0..num_classes-1.
-        spacing_mm_xyz: voxel size (x, y, z) in mm, or (x, y) for a 2D label. Note the order: x first, while the
+        spacing_xyz_mm: voxel size (x, y, z) in mm, or (x, y) for a 2D label. Note the order: x first, while the
             array axes are z, y, x.
         num_classes: number of classes C (2 for a binary label).
 
@@ -60,7 +60,7 @@ def signed_distance_map_mm(label_zyx: np.ndarray, spacing_mm_xyz: Sequence[float
         raise SegCoreError(f"label must hold integer class values, got dtype {label.dtype} with fractions")
     if num_classes < 2:
         raise SegCoreError(f"num_classes must be >= 2 (background + classes), got {num_classes}")
-    sampling = _sampling_zyx(label, spacing_mm_xyz)
+    sampling = _sampling_zyx(label, spacing_xyz_mm)
     if label.size and (label.min() < 0 or label.max() >= num_classes):
         raise SegCoreError(f"label values {label.min()}..{label.max()} outside 0..{num_classes - 1}")
     maps = np.zeros((num_classes, *label.shape), dtype=np.float32)
@@ -75,12 +75,12 @@ def signed_distance_map_mm(label_zyx: np.ndarray, spacing_mm_xyz: Sequence[float
     return maps
 
 
-def label_digest(label_zyx: np.ndarray, spacing_mm_xyz: Sequence[float], num_classes: int) -> str:
+def label_digest(label_zyx: np.ndarray, spacing_xyz_mm: Sequence[float], num_classes: int) -> str:
     """SHA-1 hex digest of everything a map depends on: label content, shape, spacing, class count, definition."""
     label = np.ascontiguousarray(label_zyx)
     h = hashlib.sha1()
     h.update(f"{MAP_VERSION}|{label.shape}|{label.dtype.str}|{num_classes}|".encode())
-    h.update(",".join(repr(float(s)) for s in spacing_mm_xyz).encode())
+    h.update(",".join(repr(float(s)) for s in spacing_xyz_mm).encode())
     h.update(label.tobytes())
     return h.hexdigest()
 
@@ -117,11 +117,11 @@ class DistanceMapCache:
     def path_for(self, key: str) -> Path | None:
         return None if self.folder is None else self.folder / f"{key}.npy"
 
-    def get(self, label_zyx: np.ndarray, spacing_mm_xyz: Sequence[float], num_classes: int,
+    def get(self, label_zyx: np.ndarray, spacing_xyz_mm: Sequence[float], num_classes: int,
             case_id: str = "") -> np.ndarray:
         """(C, Z, Y, X) / (C, Y, X) float32 map of `label_zyx` (see signed_distance_map_mm); treat it as read-only."""
         label = np.asarray(label_zyx)
-        key = self.key(str(case_id), label_digest(label, spacing_mm_xyz, num_classes))
+        key = self.key(str(case_id), label_digest(label, spacing_xyz_mm, num_classes))
         expected_shape = (num_classes, *label.shape)
         if key in self._memory:
             self._memory.move_to_end(key)
@@ -131,7 +131,7 @@ class DistanceMapCache:
         if maps is not None:
             self.disk_hits += 1
         else:
-            maps = signed_distance_map_mm(label, spacing_mm_xyz, num_classes)
+            maps = signed_distance_map_mm(label, spacing_xyz_mm, num_classes)
             self.computed += 1
             self._save(key, maps)
         self._remember(key, maps)

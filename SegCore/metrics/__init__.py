@@ -1,9 +1,9 @@
 """Metrics: overlap and surface metrics in physical units with an explicit empty-mask policy; per-case and
 cohort evaluation; tables (CSV/JSON) and plots (PNG). Definitions and formulas: docs/metrics.md.
 
-On arrays:   compare_masks(pred, ref, spacing_mm) -> {"status", "dice", ..., "hd95_mm", ...}
-             compare_label_maps(pred, ref, spacing_mm, labels={1: "liver"}) -> [row per label]
-             surface_distances(pred, ref, spacing_mm) -> SurfaceDistances (the directed distance sets)
+On arrays:   compare_masks(pred, ref, spacing_xyz_mm) -> {"status", "dice", ..., "hd95_mm", ...}
+             compare_label_maps(pred, ref, spacing_xyz_mm, labels={1: "liver"}) -> [row per label]
+             surface_distances(pred, ref, spacing_xyz_mm) -> SurfaceDistances (the directed distance sets)
 On Volumes:  compare_volumes(pred, ref, labels=..., resample=False) -> [row per label]
 From disk:   evaluate(pred_dirs, ref_dir) -> Evaluation(rows, summary, settings, notes); write_report(...)
 

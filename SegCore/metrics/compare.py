@@ -91,29 +91,29 @@ def _compare_in_crop(pred: np.ndarray, ref: np.ndarray, *, image_shape: tuple[in
     return {"status": status, **overlap_metrics(counts, voxel_ml), **surface}
 
 
-def compare_masks(pred: np.ndarray, ref: np.ndarray, spacing_mm=(1.0, 1.0, 1.0), *, direction=None,
+def compare_masks(pred: np.ndarray, ref: np.ndarray, spacing_xyz_mm=(1.0, 1.0, 1.0), *, direction=None,
                   tolerance_mm: float = DEFAULT_TOLERANCE_MM) -> dict:
     """Every metric for two binary masks on the same grid.
 
     pred, ref: (Z, Y, X) or (Y, X) arrays, bool or 0/1 numbers (anything else raises SegCoreError).
-    spacing_mm: voxel size in (x, y[, z]) order. direction: optional direction matrix (columns = index axes
+    spacing_xyz_mm: voxel size in (x, y[, z]) order. direction: optional direction matrix (columns = index axes
     i, j, k), only needed for sheared grids. tolerance_mm: for the normalised surface Dice.
     Returns {"status": ..., metric key: float, ...} in `definitions.METRIC_KEYS` order.
     """
     pred = as_binary_mask(pred, what="prediction")
     ref = as_binary_mask(ref, what="reference")
-    matrix = _matrix_for(pred, ref, spacing_mm, direction)
+    matrix = _matrix_for(pred, ref, spacing_xyz_mm, direction)
     return _compare_in_crop(pred, ref, image_shape=pred.shape, matrix_zyx=matrix,
                             tolerance_mm=_check_tolerance(tolerance_mm))
 
 
-def _matrix_for(pred: np.ndarray, ref: np.ndarray, spacing_mm, direction) -> np.ndarray:
+def _matrix_for(pred: np.ndarray, ref: np.ndarray, spacing_xyz_mm, direction) -> np.ndarray:
     if pred.shape != ref.shape:
         raise SegCoreError(f"prediction and reference shapes differ (array order): {pred.shape} vs {ref.shape}",
                            fix="compare masks on the same grid (resample the prediction onto the reference)")
-    if np.size(spacing_mm) != pred.ndim:
-        raise SegCoreError(f"a {pred.ndim}D mask needs {pred.ndim} spacings (x, y[, z]), got {np.size(spacing_mm)}")
-    return index_to_mm_matrix(spacing_mm, direction)
+    if np.size(spacing_xyz_mm) != pred.ndim:
+        raise SegCoreError(f"a {pred.ndim}D mask needs {pred.ndim} spacings (x, y[, z]), got {np.size(spacing_xyz_mm)}")
+    return index_to_mm_matrix(spacing_xyz_mm, direction)
 
 
 def _as_label_map(array: np.ndarray, what: str) -> np.ndarray:
@@ -155,7 +155,7 @@ def _present_values(array: np.ndarray) -> np.ndarray:
     return np.unique(array)
 
 
-def compare_label_maps(pred: np.ndarray, ref: np.ndarray, spacing_mm=(1.0, 1.0, 1.0), *, labels: LabelTable = None,
+def compare_label_maps(pred: np.ndarray, ref: np.ndarray, spacing_xyz_mm=(1.0, 1.0, 1.0), *, labels: LabelTable = None,
                        direction=None, tolerance_mm: float = DEFAULT_TOLERANCE_MM) -> list[dict]:
     """Every metric for each label of two label maps on the same grid.
 
@@ -165,7 +165,7 @@ def compare_label_maps(pred: np.ndarray, ref: np.ndarray, spacing_mm=(1.0, 1.0, 
     """
     pred = _as_label_map(pred, "prediction")
     ref = _as_label_map(ref, "reference")
-    matrix = _matrix_for(pred, ref, spacing_mm, direction)
+    matrix = _matrix_for(pred, ref, spacing_xyz_mm, direction)
     tolerance = _check_tolerance(tolerance_mm)
     # Crop once to everything labelled in either map (+1 voxel of background) so that each label's masks are
     # built on the crop, not the whole image.
@@ -201,7 +201,7 @@ def compare_volumes(pred: Volume, ref: Volume, *, labels: LabelTable = None, res
                                fix="resample the prediction onto the reference grid (resample=True, or "
                                    "--resample on the command line)")
         pred = resample_to_grid(pred, ref.grid, interpolation="nearest")
-    return compare_label_maps(pred.array, ref.array, ref.grid.spacing_mm, labels=labels,
-                              direction=ref.grid.direction, tolerance_mm=tolerance_mm)
+    return compare_label_maps(pred.array, ref.array, ref.grid.spacing_xyz_mm, labels=labels,
+                              direction=ref.grid.direction_lps, tolerance_mm=tolerance_mm)
 
 

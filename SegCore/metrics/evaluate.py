@@ -88,10 +88,10 @@ def _rename_by_segment_name(pred: _LabelFile, names_to_values: dict[str, int]) -
 def place_on_grid(volume: Volume, grid: Grid) -> Volume | None:
     """`volume` pasted onto `grid` when it is the same lattice shifted by whole voxels (e.g. a .seg.nrrd saved
     cropped to its extent), else None. Exact: no interpolation. Voxels falling outside `grid` must be 0."""
-    if not (np.allclose(volume.grid.spacing, grid.spacing, rtol=1e-4, atol=0)
-            and np.allclose(volume.grid.direction, grid.direction, atol=1e-4)):
+    if not (np.allclose(volume.grid.spacing_xyz_mm, grid.spacing_xyz_mm, rtol=1e-4, atol=0)
+            and np.allclose(volume.grid.direction_lps, grid.direction_lps, atol=1e-4)):
         return None
-    offset_ijk = grid.lps_to_index(volume.grid.origin)[0]
+    offset_ijk = grid.lps_to_index(volume.grid.origin_lps)[0]
     shift = np.round(offset_ijk)
     if np.any(np.abs(offset_ijk - shift) > 1e-3):
         return None

@@ -75,15 +75,15 @@ class SurfaceDistances:
         return float(within / (self.pred_to_ref.size + self.ref_to_pred.size))
 
 
-def index_to_mm_matrix(spacing_mm, direction=None) -> np.ndarray:
+def index_to_mm_matrix(spacing_xyz_mm, direction=None) -> np.ndarray:
     """(ndim, ndim) matrix T with `indices @ T` = positions in mm, for indices in array axis order (z, y, x).
 
-    spacing_mm: per-axis voxel size in (x, y[, z]) order, the SegCore convention. direction: optional
+    spacing_xyz_mm: per-axis voxel size in (x, y[, z]) order, the SegCore convention. direction: optional
     (ndim, ndim) matrix whose column c is the physical direction of index axis c in (i, j, k) order (as in
     `Grid`). Only distances matter, so T is any matrix with the grid's metric: diagonal (the spacing in
     (z, y, x) order) for any rotated or flipped grid, a Cholesky factor for a sheared one (exact either way).
     """
-    spacing = np.asarray(spacing_mm, dtype=float).reshape(-1)
+    spacing = np.asarray(spacing_xyz_mm, dtype=float).reshape(-1)
     if not np.all(np.isfinite(spacing)) or np.any(spacing <= 0):
         raise SegCoreError(f"voxel spacing must be positive and finite, got {spacing.tolist()} mm")
     columns_ijk = np.diag(spacing) if direction is None else np.asarray(direction, dtype=float) * spacing[None, :]
@@ -135,11 +135,11 @@ def surface_distances_cropped(pred: np.ndarray, ref: np.ndarray, matrix_zyx: np.
     )
 
 
-def surface_distances(pred: np.ndarray, ref: np.ndarray, spacing_mm=(1.0, 1.0, 1.0), *,
+def surface_distances(pred: np.ndarray, ref: np.ndarray, spacing_xyz_mm=(1.0, 1.0, 1.0), *,
                       direction=None) -> SurfaceDistances:
     """Directed surface distances (mm) between two binary masks on the same grid.
 
-    pred, ref: (Z, Y, X) or (Y, X) bool (or 0/1) arrays of one shape. spacing_mm: (x, y[, z]) voxel size.
+    pred, ref: (Z, Y, X) or (Y, X) bool (or 0/1) arrays of one shape. spacing_xyz_mm: (x, y[, z]) voxel size.
     direction: optional index-to-physical direction matrix (see `index_to_mm_matrix`).
     Raises SegCoreError when either mask is empty (no surface: see the empty-mask policy in `compare`).
     """
@@ -147,9 +147,9 @@ def surface_distances(pred: np.ndarray, ref: np.ndarray, spacing_mm=(1.0, 1.0, 1
     ref = as_binary_mask(ref, what="reference")
     if pred.shape != ref.shape:
         raise SegCoreError(f"prediction and reference shapes differ (array order): {pred.shape} vs {ref.shape}")
-    matrix = index_to_mm_matrix(spacing_mm, direction)
+    matrix = index_to_mm_matrix(spacing_xyz_mm, direction)
     if matrix.shape != (pred.ndim, pred.ndim):
-        raise SegCoreError(f"a {pred.ndim}D mask needs {pred.ndim} spacings, got {np.size(spacing_mm)}")
+        raise SegCoreError(f"a {pred.ndim}D mask needs {pred.ndim} spacings, got {np.size(spacing_xyz_mm)}")
     pred_box, ref_box = bounding_box(pred), bounding_box(ref)
     if pred_box is None or ref_box is None:
         which = "prediction" if pred_box is None else "reference"

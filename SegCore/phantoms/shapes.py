@@ -54,8 +54,9 @@ def grid_coords(grid: Grid, centre_lps: np.ndarray, z_range: tuple[int, int] | N
     k = np.arange(k0, k1, dtype=np.float32)[:, None, None]
     j = np.arange(grid.shape_zyx[1], dtype=np.float32)[None, :, None]
     i = np.arange(grid.shape_zyx[2], dtype=np.float32)[None, None, :]
-    matrix = (grid.direction * grid.spacing[None, :]).astype(np.float32)
-    offset = (grid.origin - np.asarray(centre_lps)).astype(np.float32)
+    ijk_to_lps = grid.ijk_to_lps()
+    matrix = ijk_to_lps[:3, :3].astype(np.float32)
+    offset = (ijk_to_lps[:3, 3] - np.asarray(centre_lps)).astype(np.float32)
     return tuple(offset[r] + matrix[r, 0] * i + matrix[r, 1] * j + matrix[r, 2] * k for r in range(3))
 
 
