@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import shutil
+import tempfile
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -32,3 +36,15 @@ def oblique_direction() -> np.ndarray:
     rz = np.array([[np.cos(a), -np.sin(a), 0], [np.sin(a), np.cos(a), 0], [0, 0, 1]])
     rx = np.array([[1, 0, 0], [0, np.cos(b), -np.sin(b)], [0, np.sin(b), np.cos(b)]])
     return rz @ rx @ np.diag([1.0, 1.0, -1.0])
+
+
+@pytest.fixture
+def open_folder():
+    """A folder outside pytest's private tmp tree, so that another user can reach what is in it."""
+    folder = Path(tempfile.mkdtemp(prefix="segcore-permissions-"))
+    folder.chmod(0o755)
+    yield folder
+    for path in folder.rglob("*"):
+        if not path.is_symlink():
+            path.chmod(0o777 if path.is_dir() else 0o666)
+    shutil.rmtree(folder)

@@ -26,8 +26,12 @@ def test_readme_session_runs_as_written(tmp_path):
         result = subprocess.run(["bash", "-c", command], cwd=tmp_path, env=env, capture_output=True, text=True,
                                 timeout=300)
         assert result.returncode == 0, f"{command}\n{result.stderr}"
-    assert (tmp_path / "ct_0001.nii.gz").exists() and (tmp_path / "eval" / "metrics.csv").exists()
+    out = tmp_path / "tryout"
+    assert (out / "ct_0001.nii.gz").exists() and (out / "eval" / "metrics.csv").exists()
+    # Everything lands in one folder that git ignores, never loose in the repository root.
+    assert [p.name for p in tmp_path.iterdir()] == ["tryout"]
+    assert "tryout/" in (README.parent / ".gitignore").read_text().splitlines()
     # The label converted to .seg.nrrd is scored against its source: conversion must be exact (Dice 1).
-    with open(tmp_path / "eval" / "summary.csv") as stream:
+    with open(out / "eval" / "summary.csv") as stream:
         dice = [row for row in csv.DictReader(stream) if row["metric"] == "dice"]
     assert [float(row["mean"]) for row in dice] == [1.0]

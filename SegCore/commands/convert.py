@@ -20,6 +20,9 @@ examples:
 """
 
 
+INPUTS = ("input",)  # no output may be, hold or contain these (SegCore.atomic.guard_outputs)
+
+
 def add_arguments(parser) -> None:
     parser.add_argument("input", metavar="IN", help="input file or DICOM series folder")
     parser.add_argument("output", metavar="OUT", help="output file, or a folder (no suffix) for a DICOM series")
@@ -36,7 +39,7 @@ def add_arguments(parser) -> None:
 def run(args, progress) -> dict:
     from pathlib import Path
 
-    from SegCore.atomic import file_suffix, refuse_overwriting_inputs
+    from SegCore.atomic import file_suffix
     from SegCore.commands.text import parse_label_names
     from SegCore.errors import SegCoreError
     from SegCore.io import read_image, read_label, read_segmentation, write_dicom_series, write_image
@@ -45,7 +48,6 @@ def run(args, progress) -> dict:
     from SegCore.progress import ProgressEvent
 
     source, target = Path(args.input), Path(args.output)
-    refuse_overwriting_inputs(target, [source])
     out_suffix = file_suffix(target)
     to_dicom = target.is_dir() or out_suffix == ""
     if not to_dicom and out_suffix not in IMAGE_WRITE_SUFFIXES + (SEGMENTATION_SUFFIX,):
