@@ -6,15 +6,17 @@ Formats are chosen by suffix (`SegCore.atomic.file_suffix`): '.nii.gz' and '.seg
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import re
+import stat
 import zlib
 from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 
-from SegCore.atomic import file_suffix
+from SegCore.atomic import add_inputs, file_suffix
 from SegCore.errors import SegCoreError
 
 # suffix -> (what it is, readable, writable). '.mhd' and '.nhdr' keep their voxels in a second file, which
@@ -55,18 +57,48 @@ def known_suffix(path: str | os.PathLike) -> str | None:
 def check_input_file(path: str | os.PathLike, suffixes: tuple[str, ...] = IMAGE_READ_SUFFIXES) -> Path:
     """`path` as a Path after checking it is an existing file with one of `suffixes`; raises SegCoreError."""
     path = Path(path)
-    if not path.exists():
-        raise SegCoreError("file not found", path=path, fix="check the path (and the working directory)")
-    if path.is_dir():
+    info = stat_input(path)
+    if stat.S_ISDIR(info.st_mode):
         raise SegCoreError("is a folder, expected an image file", path=path,
                            fix="pass a file, or read a DICOM folder with read_dicom_series")
     suffix = file_suffix(path)
     if suffix not in suffixes:
         raise SegCoreError(f"unknown file type {suffix or '(no suffix)'!r}", path=path,
                            fix=f"use one of {', '.join(suffixes)}")
-    if path.stat().st_size == 0:
+    if info.st_size == 0:
         raise SegCoreError("file is empty", path=path, fix="re-export or re-download it")
+    try:  # before any library: they report an unreadable file as a corrupt one
+        with open(path, "rb"):
+            pass
+    except OSError as error:
+        raise os_problem(path, error) from error
+    add_inputs([path])
     return path
+
+
+def stat_input(path: Path, what: str = "file") -> os.stat_result:
+    """os.stat of an input, or a SegCoreError: '<what> not found', a broken link, a link loop, permission denied."""
+    try:
+        return path.stat()
+    except FileNotFoundError as error:
+        if path.is_symlink():
+            raise SegCoreError(f"broken symbolic link: it points to {os.readlink(path)}, which does not exist",
+                               path=path, fix="repair the link or pass the file it should point to") from error
+        raise SegCoreError(f"{what} not found", path=path, fix="check the path (and the working directory)") from error
+    except OSError as error:
+        raise os_problem(path, error, what) from error
+
+
+def os_problem(path: str | os.PathLike, error: OSError, what: str = "file") -> SegCoreError:
+    """The error for an input the operating system will not open: permission denied, a loop of symbolic links."""
+    if error.errno in (errno.EACCES, errno.EPERM):
+        return SegCoreError(f"permission denied: this user may not read the {what} (or a folder above it)",
+                            path=path, fix="make it readable for this user (chmod / chown), or run as one who may")
+    if error.errno == errno.ELOOP:
+        return SegCoreError("the path runs into a loop of symbolic links", path=path,
+                            fix="repair or remove the looping link")
+    return SegCoreError(f"cannot open the {what}: {error.strerror or error}", path=path,
+                        fix="check the path and the disk")
 
 
 def check_finite(array: np.ndarray, path: str | os.PathLike) -> None:
@@ -92,11 +124,15 @@ def naming(path: str | os.PathLike) -> Iterator[None]:
         raise SegCoreError(error.problem, path=path, fix=error.fix) from error
 
 
-def verify_compressed_payload(path: str | os.PathLike) -> None:
-    """Decompress the voxels of a one-file NRRD (gzip) or MetaImage (zlib) to check their checksum.
+def verify_compressed_payload(path: str | os.PathLike, voxels=None) -> None:
+    """Check the checksum of the compressed voxels of a one-file NRRD (gzip) or MetaImage (zlib).
 
-    ITK stops inflating once it has the voxels it expects and never checks the CRC, so a damaged byte would
-    otherwise come through as wrong voxel values. Streams in chunks; raises SegCoreError when damaged.
+    ITK stops inflating once it has the voxels it expects and never checks the checksum, so a damaged byte would
+    otherwise come through as wrong voxel values. voxels: optionally what a reader got from the file (a
+    C-contiguous buffer, e.g. a numpy view of ITK's image). When their checksum (and length) equal those at the
+    end of the stream, the payload is intact and is not inflated a second time, which would double the read
+    time; otherwise, or without voxels, the stream is inflated in chunks to find out. Raises SegCoreError when
+    the payload is damaged or truncated.
     """
     with open(path, "rb") as stream:
         head = stream.read(1 << 20)  # headers of segmentations with many segments run to tens of kB
@@ -111,6 +147,8 @@ def verify_compressed_payload(path: str | os.PathLike) -> None:
             if marker is None or not re.search(rb"CompressedData\s*=\s*True", head[: marker.start()]):
                 return
             wbits, start = 15, marker.end()  # 15: zlib wrapper (Adler-32 checked at the end)
+        if voxels is not None and _trailer_matches(stream, wbits, start, voxels):
+            return
         stream.seek(start)
         inflater = zlib.decompressobj(wbits)
         try:
@@ -124,6 +162,25 @@ def verify_compressed_payload(path: str | os.PathLike) -> None:
     if not complete:
         raise SegCoreError("the compressed voxel data ends early (the file is truncated)", path=path,
                            fix="re-export or re-download the file")
+
+
+def _trailer_matches(stream, wbits: int, start: int, voxels) -> bool:
+    """Whether the stream's trailer (the file's last bytes) holds the checksum of `voxels`: gzip's CRC-32 and
+    length, zlib's Adler-32. False when it cannot tell (voxels in another byte order or layout than the file's,
+    data after the stream): the caller then inflates the stream. A match is the proof that inflating gives."""
+    try:
+        data = memoryview(voxels).cast("B")
+    except (TypeError, ValueError):  # not one contiguous buffer
+        return False
+    size = stream.seek(0, os.SEEK_END)
+    if size - start < 8 + 10:  # shorter than a header and a trailer
+        return False
+    stream.seek(size - 8)
+    tail = stream.read(8)
+    if wbits == 31:
+        return (int.from_bytes(tail[4:], "little") == data.nbytes % (1 << 32)
+                and int.from_bytes(tail[:4], "little") == zlib.crc32(data))
+    return int.from_bytes(tail[4:], "big") == zlib.adler32(data)
 
 
 def library_message(error: BaseException) -> str:

@@ -14,13 +14,16 @@ step (no gaps, no uneven spacing) within `STEP_RTOL`.
 from __future__ import annotations
 
 import os
+import stat
+import struct
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from SegCore.atomic import add_inputs
 from SegCore.errors import SegCoreError
-from SegCore.io.checks import naming
+from SegCore.io.checks import library_message, naming, os_problem, stat_input
 from SegCore.volume import Grid, Volume
 
 # Slice positions may deviate from a uniform step by this fraction of the step (scanners round positions to
@@ -30,6 +33,17 @@ STEP_ATOL_MM = 1e-3
 # Gantry tilt: the part of a slice-to-slice step that lies in the slice plane, relative to the step.
 TILT_RTOL = 1e-3
 ORIENTATION_ATOL = 1e-4
+
+# Media Storage SOP Classes of DICOM objects that hold no image slice: a file of these that GDCM cannot read as an
+# image is skipped (as a DICOMDIR is); any other file that looks like DICOM and cannot be read is an error.
+NON_IMAGE_SOP_CLASSES = (
+    "1.2.840.10008.1.3.10",  # Media Storage Directory (DICOMDIR)
+    "1.2.840.10008.5.1.4.1.1.11.",  # presentation states
+    "1.2.840.10008.5.1.4.1.1.66",  # raw data, spatial registration, segmentation objects
+    "1.2.840.10008.5.1.4.1.1.88.",  # structured reports, key object selection
+    "1.2.840.10008.5.1.4.1.1.104.",  # encapsulated PDF / CDA documents
+    "1.2.840.10008.5.1.4.1.1.481.3", "1.2.840.10008.5.1.4.1.1.481.5",  # RT structure set, RT plan
+)
 
 _TAGS = {"series_uid": "0020|000e", "description": "0008|103e", "modality": "0008|0060",
          "position": "0020|0032", "orientation": "0020|0037", "instance": "0020|0013", "frames": "0028|0008",
@@ -67,21 +81,25 @@ def list_dicom_series(folder: str | os.PathLike) -> list[DicomSeries]:
 
 def _check_folder(folder: str | os.PathLike) -> Path:
     folder = Path(folder)
-    if not folder.exists():
-        raise SegCoreError("folder not found", path=folder, fix="check the path")
-    if not folder.is_dir():
+    if not stat.S_ISDIR(stat_input(folder, "folder").st_mode):
         raise SegCoreError("expected a folder of DICOM files, got a file", path=folder,
                            fix="pass the folder that holds the series' .dcm files")
+    add_inputs([folder])
     return folder
 
 
 def _scan(folder: Path) -> dict[str, list[_Slice]]:
-    return _scan_files(p for p in sorted(folder.iterdir())
-                       if not p.name.startswith(".") and p.is_file() and p.name.upper() != "DICOMDIR")
+    try:
+        paths = [p for p in sorted(folder.iterdir())
+                 if not p.name.startswith(".") and p.is_file() and p.name.upper() != "DICOMDIR"]
+    except OSError as error:
+        raise os_problem(folder, error, "folder") from error
+    return _scan_files(paths)
 
 
 def _scan_files(paths) -> dict[str, list[_Slice]]:
-    """Series UID -> its slices sorted along the normal, largest series first; non-DICOM files are skipped."""
+    """Series UID -> its slices sorted along the normal, largest series first; non-DICOM files are skipped, a
+    damaged DICOM file is an error (`_check_not_an_image`)."""
     import SimpleITK as sitk
 
     series: dict[str, list[_Slice]] = {}
@@ -91,7 +109,8 @@ def _scan_files(paths) -> dict[str, list[_Slice]]:
         reader.SetFileName(str(path))
         try:
             reader.ReadImageInformation()
-        except RuntimeError:
+        except RuntimeError as error:
+            _check_not_an_image(path, error)
             continue  # not a DICOM image (a text file, a DICOMDIR, a structured report)
         tags = {name: reader.GetMetaData(tag).strip() for name, tag in _TAGS.items() if reader.HasMetaDataKey(tag)}
         size = reader.GetSize()
@@ -101,6 +120,50 @@ def _scan_files(paths) -> dict[str, list[_Slice]]:
         series.setdefault(tags.get("series_uid", ""), []).append(entry)
     ordered = sorted(series.items(), key=lambda item: (-len(item[1]), item[0]))
     return {uid: _sort_slices(slices) for uid, slices in ordered}
+
+
+def _check_not_an_image(path: Path, error: RuntimeError) -> None:
+    """Return when `path`, which GDCM could not read as an image, is no DICOM image; raise when it is a damaged one.
+
+    A file looks like DICOM when it has the 'DICM' marker at byte 128 or a .dcm suffix; such a file is skipped
+    only when its file meta information names a non-image SOP class (`NON_IMAGE_SOP_CLASSES`). Skipping a
+    damaged slice would silently shorten the series (at either end no gap shows). A file this user may not read
+    cannot be told apart, so it is an error too.
+    """
+    try:
+        with open(path, "rb") as stream:
+            head = stream.read(1 << 16)
+    except OSError as os_error:
+        raise os_problem(path, os_error) from os_error
+    marked = head[128:132] == b"DICM"
+    if not marked and path.suffix.lower() != ".dcm":
+        return
+    if marked and (_media_sop_class(head) or "").startswith(NON_IMAGE_SOP_CLASSES):
+        return
+    why = "it has the DICM marker" if marked else "its suffix is .dcm"
+    raise SegCoreError(f"not a readable DICOM image file: {why} but cannot be read, so it is truncated or damaged "
+                       f"(GDCM: {library_message(error)})", path=path,
+                       fix="copy or export the file again, or move it out of the folder if it is not a slice")
+
+
+def _media_sop_class(head: bytes) -> str | None:
+    """(0002,0002) Media Storage SOP Class UID from the file meta information after the 'DICM' marker (always
+    explicit VR little endian), or None when it cannot be found in `head`."""
+    position = 132
+    while position + 8 <= len(head):
+        group, element = struct.unpack("<HH", head[position:position + 4])
+        if group != 0x0002:
+            return None
+        if head[position + 4:position + 6] in (b"OB", b"OW", b"OF", b"SQ", b"UT", b"UN"):
+            if position + 12 > len(head):
+                return None
+            length, start = struct.unpack("<I", head[position + 8:position + 12])[0], position + 12
+        else:
+            length, start = struct.unpack("<H", head[position + 6:position + 8])[0], position + 8
+        if element == 0x0002:
+            return head[start:start + length].rstrip(b"\0 ").decode("ascii", "replace")
+        position = start + length
+    return None
 
 
 def _floats(text: str | None, count: int) -> np.ndarray | None:
@@ -197,10 +260,9 @@ def _read_slices(slices: list[_Slice], where: Path) -> Volume:
         try:
             image = sitk.ReadImage(str(entry.path), imageIO="GDCMImageIO")
         except RuntimeError as error:
-            detail = " ".join(str(error).split())[:160]
-            raise SegCoreError(f"cannot read the pixel data of {entry.path.name} ({detail})", path=where,
-                               fix="re-export the series; the file is corrupt or compressed with an unsupported "
-                                   "transfer syntax") from error
+            raise SegCoreError(f"cannot read the pixel data of this DICOM file ({library_message(error)})",
+                               path=entry.path, fix="re-export the series; the file is corrupt or compressed with "
+                                                    "an unsupported transfer syntax") from error
         if image.GetNumberOfComponentsPerPixel() != 1:
             raise SegCoreError(f"{entry.path.name} is a colour image; only greyscale series are supported",
                                path=where)

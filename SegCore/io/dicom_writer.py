@@ -90,7 +90,10 @@ def _check_replaceable(folder: Path) -> None:
     if not folder.is_dir():
         return
     entries = [p for p in folder.iterdir() if not p.name.startswith(".")]
-    num_dicom = sum(series.num_files for series in list_dicom_series(folder))
+    try:
+        num_dicom = sum(series.num_files for series in list_dicom_series(folder))
+    except SegCoreError:  # a damaged DICOM file: not known to be part of a series SegCore wrote
+        num_dicom = -1
     if any(p.is_dir() for p in entries) or num_dicom != len(entries):
         raise SegCoreError("the output folder exists and holds files other than a DICOM series, which writing "
                            "the series would delete", path=folder, fix="choose a new or empty output folder")

@@ -11,6 +11,7 @@ import contextlib
 import gzip
 import logging
 import os
+import stat
 import struct
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -27,9 +28,11 @@ from SegCore.io.checks import (
     check_input_file,
     library_message,
     naming,
+    stat_input,
     unreadable,
     verify_compressed_payload,
 )
+from SegCore.io.sizes import check_claimed_size, check_inflated_nifti
 from SegCore.volume import Grid, Volume
 
 # qform and sform entries may differ by float32 rounding of a quaternion; more is a different geometry.
@@ -51,7 +54,7 @@ def read_image(path: str | os.PathLike, *, allow_4d: bool = True, series_uid: st
     Raises SegCoreError naming the file when it is missing, of unknown type, unreadable, holds NaN/Inf,
     has a zero/negative spacing or a singular direction, or is 4D while `allow_4d` is False.
     """
-    if Path(path).is_dir():
+    if stat.S_ISDIR(stat_input(Path(path)).st_mode):
         from SegCore.io.dicom import read_dicom_series
 
         volume = read_dicom_series(path, series_uid=series_uid)
@@ -82,12 +85,15 @@ def read_image(path: str | os.PathLike, *, allow_4d: bool = True, series_uid: st
 
 
 def _read_nifti(path: Path) -> Volume:
+    check_claimed_size(path)
     try:
         with _quiet_nibabel():
             image = _load_nifti(path)
         # dataobj applies scl_slope/scl_inter only when they are set, so integer files stay integer.
         data = np.asanyarray(image.dataobj)
         affine = image.affine
+    except SegCoreError:
+        raise
     except Exception as error:  # nibabel raises many types for corrupt files (EOFError, zlib.error, ...)
         raise unreadable(path, error) from error
     if affine is None:
@@ -127,6 +133,7 @@ def _load_nifti(path: Path):
         return nib.load(str(path))
     with gzip.open(path) as stream:
         raw = stream.read()
+    check_inflated_nifti(raw, path)
     sizes = {struct.unpack(f"{order}i", raw[:4])[0] for order in "<>"} if len(raw) >= 4 else set()
     image_class = nib.Nifti2Image if 540 in sizes else nib.Nifti1Image
     return image_class.from_bytes(raw)
@@ -172,10 +179,11 @@ def read_sitk_image(path: Path):
     import SimpleITK as sitk
 
     image_io = _SITK_IO[file_suffix(path)]
-    verify_compressed_payload(path)
+    check_claimed_size(path)
     try:
         image = sitk.ReadImage(str(path), imageIO=image_io)
     except RuntimeError as error:  # SimpleITK's error carries ITK's message
+        verify_compressed_payload(path)  # a damaged or truncated payload is named as such, not in ITK's words
         message = library_message(error)
         # ITK validates geometry while reading; say so in the same words as `Grid` does.
         if "Zero-valued spacing" in message:
@@ -186,6 +194,12 @@ def read_sitk_image(path: Path):
                                fix="repair the image header's orientation (space directions / TransformMatrix)"
                                ) from error
         raise unreadable(path, error) from error
+    # Checked against the voxels ITK inflated, so that the payload is not inflated a second time to verify it.
+    try:
+        voxels = sitk.GetArrayViewFromImage(image)
+    except (RuntimeError, TypeError, ValueError):  # a pixel type numpy cannot view
+        voxels = None
+    verify_compressed_payload(path, voxels)
     return image
 
 
