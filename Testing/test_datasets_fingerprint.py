@@ -16,7 +16,7 @@ from SegCore.phantoms import write_phantom_dataset
 @pytest.fixture(scope="module")
 def brain_tumour(tmp_path_factory):
     root = tmp_path_factory.mktemp("fingerprint") / "Task01_BrainTumour"
-    write_phantom_dataset("decathlon", root, cases=4, size=24, seed=21, task="BrainTumour")
+    write_phantom_dataset("decathlon", root, cases=4, size_zyx=24, seed=21, task="BrainTumour")
     return root
 
 
@@ -106,10 +106,47 @@ def test_fingerprint_json_and_png_are_written(brain_tumour, tmp_path):
 
 
 def test_fingerprint_of_an_oblique_dicom_dataset(tmp_path):
-    write_phantom_dataset("pancreas", tmp_path / "nih", cases=2, size=20, seed=2)
+    write_phantom_dataset("pancreas", tmp_path / "nih", cases=2, size_zyx=20, seed=2)
     fingerprint = compute_fingerprint(open_dataset(tmp_path / "nih"))
     assert [c["oblique"] for c in fingerprint.cases] == [False, True]
     series = sorted((tmp_path / "nih").glob("Pancreas-CT/PANCREAS_*/*/*"))
     hu = np.concatenate([read_image(s).array.ravel() for s in series]).astype(np.float64)
     assert fingerprint.intensity_all[0]["mean"] == pytest.approx(hu.mean())
     assert fingerprint.intensity_all[0]["min"] == hu.min() <= -990
+
+
+@pytest.mark.parametrize("labelled", [True, False])
+def test_fingerprint_figure_has_no_empty_or_unlabelled_panels(brain_tumour, labelled):
+    from SegCore.datasets import Fingerprint
+    from SegCore.datasets.fingerprint_plot import plot_fingerprint
+
+    data = compute_fingerprint(open_dataset(brain_tumour)).to_dict()
+    # Sizes one voxel apart: a default tick locator would label 32.2, 32.4, ... voxels here.
+    for number, case in enumerate(data["cases"]):
+        case["shape_zyx"] = [32, 32 + number % 2, 33 - number % 2]
+    if not labelled:
+        data.update(num_labelled=0, class_fraction={}, label_values=[],
+                    histograms=[dict(h, foreground=[0] * len(h["foreground"])) for h in data["histograms"]])
+    figure = plot_fingerprint(Fingerprint.from_dict(data))
+    figure.canvas.draw()
+    titles = [axis.get_title() for axis in figure.axes]
+    # spacing, size, (class frequency), one histogram per channel: FLAIR, T1w, t1gd, T2w.
+    assert len(figure.axes) == 2 + labelled + 4 and ("class frequency" in titles) == labelled
+    for axis in figure.axes:
+        assert axis.has_data() and axis.get_xlabel() and axis.get_ylabel() and axis.get_title()
+    size_axis = next(axis for axis in figure.axes if axis.get_ylabel() == "size (voxels)")
+    low, high = size_axis.get_ylim()
+    ticks = [t for t in size_axis.get_yticks() if low <= t <= high]
+    assert len(ticks) >= 2 and all(float(t).is_integer() for t in ticks)
+    for channel, name in enumerate(data["channel_names"]):
+        axis = next(axis for axis in figure.axes if axis.get_title() == f"intensity: {name}")
+        assert axis.get_xlabel() == "intensity (stored value)"  # MRI; CT would say HU
+        steps = [patch for patch in axis.patches if hasattr(patch, "get_data")]
+        assert len(steps) == 1 + labelled
+        for patch, key in zip(steps, ["all", "foreground"], strict=False):
+            counts = np.asarray(data["histograms"][channel][key], dtype=float)
+            drawn = patch.get_data().values
+            # Empty bins are gaps, not a line at some floor; the others are the counts themselves.
+            assert np.array_equal(np.isnan(drawn), counts == 0)
+            assert np.array_equal(drawn[counts > 0], counts[counts > 0])
+        assert axis.get_ylim()[0] < 1  # a bin of one voxel shows

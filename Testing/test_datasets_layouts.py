@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -28,7 +30,7 @@ def originals(tmp_path_factory):
     """Small phantoms of each layout, written once; tests work on copies."""
     root = tmp_path_factory.mktemp("layouts")
     for study in ("thalamus", "atrium", "pancreas", "muscle", "decathlon"):
-        write_phantom_dataset(study, root / study, cases=3, size=16, seed=11)
+        write_phantom_dataset(study, root / study, cases=3, size_zyx=16, seed=11)
     return root
 
 
@@ -259,3 +261,83 @@ def test_unrecognised_folder_lists_what_was_looked_for(tmp_path):
         assert expected in text
     assert "unknown dataset layout" in error_text(lambda: open_dataset(tmp_path, layout="nnunet"))
     assert "option" in error_text(lambda: open_dataset(tmp_path / "notes", layout="generic", channels=("FA",)))
+
+
+# --- dataset.json fields of the wrong type; a part of a dataset passed as the dataset --------------------------------
+
+
+def _inspect(*args, cwd):
+    return subprocess.run([sys.executable, "-m", "SegCore", "inspect", *map(str, args)], capture_output=True,
+                          text=True, cwd=cwd, timeout=300)
+
+
+def _one_line_error(result) -> str:
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 1 and len(lines) == 1, result.stderr
+    assert lines[0].startswith("segcore inspect: error: ")
+    return lines[0]
+
+
+def _set(data: dict, field: str, value) -> None:
+    """data[field] = value for a field like 'training', 'training[1]' or 'training[0].image'."""
+    *path, last = [int(p) if p.isdigit() else p for p in field.replace("]", "").replace("[", ".").split(".")]
+    for key in path:
+        data = data[key]
+    data[last] = value
+
+
+@pytest.mark.parametrize("field, value", [
+    ("training", 5), ("training", {"image": "x"}), ("labels", ["background", "spleen"]), ("modality", "CT"),
+    ("test", 5), ("name", 7), ("training[0]", "./imagesTr/x.nii.gz"), ("training[0].image", 5),
+    ("training[1].label", None), ("test[0]", 5),
+])
+def test_msd_dataset_json_field_of_the_wrong_type_is_named(copy_of, field, value):
+    root = copy_of("decathlon")  # 2 training cases, 1 test case
+    path = root / "dataset.json"
+    data = json.loads(path.read_text())
+    _set(data, field, value)
+    path.write_text(json.dumps(data))
+    text = error_text(lambda: open_dataset(root))
+    assert text.startswith(f"{path}: dataset.json field '{field}' must be "), text
+    assert json.dumps(value) in text
+
+
+def test_msd_dataset_json_of_the_wrong_type_through_the_cli(copy_of, tmp_path):
+    root = copy_of("decathlon")
+    path = root / "dataset.json"
+    path.write_text(json.dumps({**json.loads(path.read_text()), "training": 5}))
+    before = path.read_bytes()
+    line = _one_line_error(_inspect(root, "--out", "fp", cwd=tmp_path))
+    assert f"{path}: dataset.json field 'training' must be a list, got a number 5" in line
+    assert path.read_bytes() == before and not (tmp_path / "fp").exists()
+
+
+@pytest.mark.parametrize("study, part", [
+    ("pancreas", "Pancreas-CT"), ("pancreas", "Pancreas-CT/PANCREAS_0001"),
+    ("pancreas", "TCIA_pancreas_labels-02-05-2017"), ("decathlon", "imagesTr"), ("decathlon", "labelsTr"),
+    ("thalamus", None), ("muscle", None),  # None: the first subject / scan folder (random names)
+])
+def test_inspect_on_a_part_of_a_dataset_names_its_top_folder(copy_of, tmp_path, study, part):
+    root = copy_of(study)
+    part = part or sorted(p.name for p in root.iterdir() if p.is_dir())[0]
+    line = _one_line_error(_inspect(f"{study}/{part}", "--out", "fp", cwd=tmp_path))
+    assert f"this looks like the {part} folder of the " in line
+    assert line.endswith(f"(segcore inspect {study}).")
+    assert not (tmp_path / "fp").exists()
+
+
+def test_inspect_on_a_subset_folder_notes_the_whole_dataset(copy_of, tmp_path):
+    copy_of("atrium")
+    result = _inspect("atrium/Training Set", "--out", "fp", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines()[0] == ("note: this looks like the Training Set folder of the LA 2018 challenge "
+                                             "dataset in atrium; for the whole dataset run: segcore inspect atrium")
+
+
+@pytest.mark.parametrize("study", ["thalamus", "atrium", "pancreas", "muscle", "decathlon"])
+def test_a_whole_dataset_is_not_taken_for_a_part_of_another(copy_of, study):
+    from SegCore.datasets.registry import enclosing_dataset
+
+    root = copy_of(study)
+    assert enclosing_dataset(root) is None
+    assert enclosing_dataset(root.parent) is None

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from SegCore.datasets import load_case, open_dataset, write_case_preview
+from SegCore.datasets.preview import crossing_voxel
 
 
 def run_demo(*args):
@@ -36,14 +37,19 @@ def test_case_preview_draws_image_with_and_without_label(tmp_path):
     dataset = open_dataset(run_demo_dataset(tmp_path))
     image, label = load_case(next(c for c in dataset.cases if c.has_label))
     with_label = matplotlib.image.imread(write_case_preview(image, label, tmp_path / "a.png"))
-    without = matplotlib.image.imread(write_case_preview(image, None, tmp_path / "b.png"))
+    centre = crossing_voxel(label.array, label.grid.spacing_xyz_mm)  # the same slices, without the outline
+    without = matplotlib.image.imread(write_case_preview(image, None, tmp_path / "b.png", centre_zyx=centre))
     assert with_label.shape == without.shape
-    # The outline is drawn in colour; a grey image alone has R == G == B everywhere.
-    colourful = lambda rgb: np.abs(rgb[..., 0] - rgb[..., 2]).max()  # noqa: E731
-    assert colourful(with_label) > 0.3 and colourful(without) < 0.05
+    # Both carry the yellow side letters; only the outline tells them apart. It is drawn in colour (tab:orange
+    # for label 1) over grey image pixels (R == G == B).
+    changed = np.abs(with_label - without)[..., :3].max(axis=-1) > 0.1
+    red_minus_blue = lambda rgb: rgb[..., 0] - rgb[..., 2]  # noqa: E731
+    assert changed.sum() > 50
+    assert np.median(red_minus_blue(with_label[changed])) > 0.3
+    assert np.median(np.abs(red_minus_blue(without[changed]))) < 0.05
 
 
 def run_demo_dataset(tmp_path):
     from SegCore.phantoms import write_phantom_dataset
 
-    return write_phantom_dataset("atrium", tmp_path / "la", cases=1, size=32)
+    return write_phantom_dataset("atrium", tmp_path / "la", cases=1, size_zyx=32)

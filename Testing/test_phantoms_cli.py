@@ -9,11 +9,6 @@ from pathlib import Path
 
 import pytest
 
-import SegCore.commands.inspect as inspect_command
-import SegCore.commands.phantoms as phantoms_command
-from SegCore import phantoms
-from SegCore.datasets import LAYOUTS
-
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -27,13 +22,6 @@ def one_line_error(result: subprocess.CompletedProcess, command: str) -> str:
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith(f"segcore {command}: error: "), result.stderr
     return lines[0]
-
-
-def test_command_choices_match_the_library():
-    assert phantoms.STUDIES == phantoms_command.STUDIES
-    assert tuple(phantoms.DECATHLON_TASKS) == phantoms_command.DECATHLON_TASKS
-    assert tuple(phantoms.DIFFICULTIES) == phantoms_command.DIFFICULTIES
-    assert set(inspect_command.LAYOUTS) == {"auto", *LAYOUTS}
 
 
 def test_phantoms_then_inspect_write_the_dataset_and_its_fingerprint(tmp_path):
@@ -89,3 +77,14 @@ def test_inspect_refuses_to_write_inside_the_dataset(tmp_path):
     line = one_line_error(segcore("inspect", "m", "--out", "m/fp", cwd=tmp_path), "inspect")
     assert "inside the dataset" in line
     assert not (tmp_path / "m" / "fp").exists()
+
+
+def test_phantoms_offers_every_study_and_the_decathlon_tasks_that_have_a_phantom(tmp_path):
+    result = segcore("phantoms", "--help", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    usage = " ".join(result.stdout.split())
+    assert "{thalamus,atrium,muscle,pancreas,decathlon}" in usage and "{BrainTumour,Heart,Prostate,Spleen}" in usage
+    assert "Training Set/<ID>/lgemri.nrrd + laendo.nrrd (0/255)" in usage  # the layouts, from the study files
+    result = segcore("phantoms", "--study", "decathlon", "--task", "Liver", "--out", "x", cwd=tmp_path)
+    assert result.returncode == 2 and "'Liver'" in result.stderr and "Spleen" in result.stderr
+    assert not (tmp_path / "x").exists()

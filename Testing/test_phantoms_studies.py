@@ -146,7 +146,7 @@ def test_decathlon_dataset_json_follows_the_msd_format(written):
 def test_same_seed_same_dataset_other_seed_other_dataset(tmp_path, study):
     arrays = {}
     for name, seed in (("a", 3), ("b", 3), ("c", 4)):
-        write_phantom_dataset(study, tmp_path / name, cases=2, size=24, seed=seed)
+        write_phantom_dataset(study, tmp_path / name, cases=2, size_zyx=24, seed=seed)
         dataset = open_dataset(tmp_path / name)
         arrays[name] = [(c.case_id, *load_case(c)) for c in dataset.cases]
     for (id_a, image_a, label_a), (id_b, image_b, label_b) in zip(arrays["a"], arrays["b"], strict=True):
@@ -157,9 +157,9 @@ def test_same_seed_same_dataset_other_seed_other_dataset(tmp_path, study):
 
 
 def test_size_option_scales_the_default_shape_and_takes_z_y_x(tmp_path):
-    write_phantom_dataset("atrium", tmp_path / "n", cases=1, size=24)
+    write_phantom_dataset("atrium", tmp_path / "n", cases=1, size_zyx=24)
     (case,) = open_dataset(tmp_path / "n").cases
     assert read_image(case.image_paths[0]).shape_zyx == (16, 24, 24)  # default 32x48x48 scaled to 24
-    write_phantom_dataset("atrium", tmp_path / "zyx", cases=1, size=(12, 20, 28))
+    write_phantom_dataset("atrium", tmp_path / "zyx", cases=1, size_zyx=(12, 20, 28))
     (case,) = open_dataset(tmp_path / "zyx").cases
     assert read_image(case.image_paths[0]).shape_zyx == (12, 20, 28)

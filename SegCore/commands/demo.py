@@ -4,14 +4,16 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from SegCore.commands.phantoms import STUDIES
+from SegCore.commands.phantoms import add_size_argument, size_option
+from SegCore.studies import STUDIES
 
 HELP = "run the demo: a synthetic dataset in a study's real layout, its fingerprint and pictures"
 DESCRIPTION = """\
 Write a small synthetic dataset in a study's real on-disk layout (DICOM for the CT studies, NRRD for the
 atrium, multi-channel NIfTI for thalamus and decathlon), read it back through the dataset reader, print its
 fingerprint (sizes, spacings, orientations, intensities, class frequencies) and write pictures:
-fingerprint.png (the distributions) and case-preview.png (three slices of one case with its label outlined).
+fingerprint.png (the distributions) and case-preview.png (axial, coronal and sagittal slices of one
+case as 3D Slicer shows them, in mm, with its label outlined).
 Everything goes under --out; the demo's own dataset folder there is replaced on every run.
 
 examples:
@@ -21,10 +23,11 @@ examples:
 
 
 def add_arguments(parser) -> None:
-    parser.add_argument("--study", choices=STUDIES, default="atrium", help="whose dataset layout (default atrium)")
+    parser.add_argument("--study", choices=list(STUDIES), default="atrium",
+                        help="whose dataset layout (default atrium)")
     parser.add_argument("--out", type=Path, default=Path("demo-output"), help="output folder (default demo-output)")
     parser.add_argument("--cases", type=int, default=4, help="number of synthetic cases (default 4)")
-    parser.add_argument("--size", type=int, default=96, help="largest image side in voxels (default 96)")
+    add_size_argument(parser, default=96)
     parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
 
 
@@ -33,9 +36,8 @@ def run(args, progress) -> dict:
     from SegCore.datasets import compute_fingerprint, load_case, open_dataset, write_case_preview, write_fingerprint
     from SegCore.phantoms import write_phantom_dataset
 
-    data = write_phantom_dataset(args.study, args.out / f"{args.study}-phantom", cases=args.cases, size=args.size,
-                                 seed=args.seed,
-                                 overwrite=True, progress=progress)
+    data = write_phantom_dataset(args.study, args.out / f"{args.study}-phantom", cases=args.cases,
+                                 size_zyx=size_option(args.size), seed=args.seed, overwrite=True, progress=progress)
     dataset = open_dataset(data)
     fingerprint = compute_fingerprint(dataset, progress=progress)
     print(report(dataset, fingerprint))

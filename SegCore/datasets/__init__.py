@@ -29,6 +29,7 @@ from SegCore.datasets.splits import (
     save_splits,
     split_from_lists,
 )
+from SegCore.datasets.views import View, anatomical_views
 
 __all__ = [
     "LAYOUTS",
@@ -37,6 +38,8 @@ __all__ = [
     "Fingerprint",
     "ImageSource",
     "LabelRule",
+    "View",
+    "anatomical_views",
     "apply_label_rule",
     "compute_fingerprint",
     "detect_layout",

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import os
+import stat
 from collections.abc import Iterable
 from pathlib import Path
 
 from SegCore.errors import SegCoreError
-from SegCore.io.checks import IMAGE_READ_SUFFIXES, SEGMENTATION_SUFFIX
+from SegCore.io.checks import IMAGE_READ_SUFFIXES, SEGMENTATION_SUFFIX, os_problem, stat_input
 
 # Image formats a layout may hold (read through SegCore.io); '.seg.nrrd' only as labels.
 IMAGE_SUFFIXES = IMAGE_READ_SUFFIXES
@@ -32,10 +34,12 @@ def list_names(paths: Iterable[Path | str], limit: int = 8) -> str:
 def check_root(root: str | Path) -> Path:
     """`root` as an existing folder, or a SegCoreError."""
     root = Path(root)
-    if not root.exists():
-        raise SegCoreError("dataset folder not found", path=root, fix="check the path")
-    if not root.is_dir():
+    if not stat.S_ISDIR(stat_input(root, "dataset folder").st_mode):
         raise SegCoreError("expected a dataset folder, got a file", path=root, fix="pass the dataset's top folder")
+    try:
+        os.scandir(root).close()
+    except OSError as error:
+        raise os_problem(root, error, "dataset folder") from error
     return root
 
 

@@ -1,11 +1,7 @@
-"""2018 Left Atrium Segmentation Challenge layout: one folder per case holding lgemri.nrrd and laendo.nrrd.
+"""2018 Left Atrium Segmentation Challenge layout: one folder per case holding the LGE-MRI and its mask.
 
-    LA2018/                         (or the case folders directly under the root)
-      Training Set/<CASE_ID>/lgemri.nrrd   LGE-MRI, grey values 0..255
-      Training Set/<CASE_ID>/laendo.nrrd   left atrium cavity mask, 0 / 255
-      Testing Set/<CASE_ID>/...
-
-The mask's 255 becomes label 1 (the study converts it the same way).
+The file and folder names, the 0/255 mask values and the labels are the atrium study's
+(`SegCore.studies.atrium`, whose docstring draws the tree). The mask's 255 becomes label 1.
 """
 
 from __future__ import annotations
@@ -15,12 +11,14 @@ from pathlib import Path
 from SegCore.datasets._common import check_root, check_unique_ids, list_names, subfolders
 from SegCore.datasets.case import Case, Dataset, ImageSource, LabelRule
 from SegCore.errors import SegCoreError
+from SegCore.studies.atrium import LAYOUT, STUDY
 
-NAME = "atrium"
-DESCRIPTION = "LA 2018 challenge: <case>/lgemri.nrrd + <case>/laendo.nrrd (optionally under 'Training Set/')"
-IMAGE_FILE = "lgemri.nrrd"
-LABEL_FILE = "laendo.nrrd"
-LABEL_RULE = LabelRule(((0, 0), (1, 1), (255, 1)), unmapped="error")
+NAME = LAYOUT.name
+IMAGE_FILE = LAYOUT.image_file
+LABEL_FILE = LAYOUT.label_file
+DESCRIPTION = (f"LA 2018 challenge: <case>/{IMAGE_FILE} + <case>/{LABEL_FILE} "
+               f"(optionally under '{LAYOUT.training_folder}/')")
+LABEL_RULE = LabelRule(LAYOUT.label_mapping, LAYOUT.unmapped)
 
 
 def _case_folders(root: Path) -> list[Path]:
@@ -39,8 +37,8 @@ def looks_like(root: Path) -> bool:
 
 
 def read(root: str | Path, *, require_labels: bool = True) -> Dataset:
-    """Read an LA 2018 dataset. A folder with lgemri.nrrd but no laendo.nrrd is an error unless
-    `require_labels` is False (then the case has no label)."""
+    """Read an LA 2018 dataset. A case folder with the image but no mask is an error unless `require_labels`
+    is False (then the case has no label)."""
     root = check_root(root)
     folders = _case_folders(root)
     if not folders:
@@ -55,12 +53,12 @@ def read(root: str | Path, *, require_labels: bool = True) -> Dataset:
     if no_label and require_labels:
         raise SegCoreError(f"{len(no_label)} case folder(s) have no {LABEL_FILE}: "
                            f"{list_names(str(f.relative_to(root) / LABEL_FILE) for f in no_label)}", path=root,
-                           fix=f"add the missing {LABEL_FILE} (0/255 mask) or remove those folders")
+                           fix=f"add the missing {LABEL_FILE} (0/{LAYOUT.mask_value} mask) or remove those folders")
     cases = []
     for folder in sorted(folders, key=lambda f: f.name):
         label = folder / LABEL_FILE
         subset = "test" if folder.parent != root and "test" in folder.parent.name.lower() else "training"
-        cases.append(Case(folder.name, (ImageSource(folder / IMAGE_FILE, ("LGE-MRI",)),),
+        cases.append(Case(folder.name, (ImageSource(folder / IMAGE_FILE, STUDY.channel_names),),
                           label if label.is_file() else None, LABEL_RULE, NAME, subset))
     check_unique_ids([c.case_id for c in cases], root)
-    return Dataset(root.name, NAME, root, cases, ("LGE-MRI",), {0: "background", 1: "left atrium"}, "MRI")
+    return Dataset(root.name, NAME, root, cases, STUDY.channel_names, STUDY.label_names(), STUDY.modality)

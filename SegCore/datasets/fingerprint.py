@@ -21,6 +21,7 @@ import numpy as np
 
 from SegCore.atomic import atomic_file, save_figure
 from SegCore.datasets.case import Dataset, load_case_image, load_case_label
+from SegCore.datasets.views import is_oblique, patient_letter
 from SegCore.progress import ProgressCallback, ProgressEvent, no_progress
 
 PERCENTILES = (0.5, 50.0, 99.5)
@@ -33,12 +34,7 @@ def orientation_code(direction: np.ndarray) -> str:
     """Three letters naming where each index axis (i, j, k) points in the patient, e.g. 'LPS' for the
     identity LPS direction, 'RAS' for a NIfTI-style flip of the first two axes (the nibabel / ITK 'to'
     convention). direction: 3x3, columns = LPS directions of i, j, k."""
-    direction = np.asarray(direction, dtype=float)
-    letters = []
-    for column in direction.T:
-        axis = int(np.argmax(np.abs(column)))
-        letters.append(("LPS" if column[axis] > 0 else "RAI")[axis])
-    return "".join(letters)
+    return "".join(patient_letter(column) for column in np.asarray(direction, dtype=float).T)
 
 
 @dataclass
@@ -166,7 +162,7 @@ def compute_fingerprint(dataset: Dataset, *, progress: ProgressCallback = no_pro
             "case_id": case.case_id, "subset": case.subset, "shape_zyx": list(image.shape_zyx),
             "spacing_xyz_mm": list(image.grid.spacing_xyz_mm), "origin_lps": list(image.grid.origin_lps),
             "orientation": orientation_code(np.asarray(image.grid.direction_lps)),
-            "oblique": bool(np.any(np.abs(np.asarray(image.grid.direction_lps)).max(axis=0) < 1 - 1e-4)),
+            "oblique": is_oblique(image.grid.direction_lps),
             "channels": list(case.channel_names) or [str(c) for c in range(image.num_channels)],
             "label_values": sorted(counts), "label_voxels": {str(k): v for k, v in sorted(counts.items())},
         })

@@ -18,11 +18,14 @@ from SegCore.atomic import file_stem
 from SegCore.datasets._common import IMAGE_SUFFIXES, LABEL_SUFFIXES, check_root, list_names, visible
 from SegCore.datasets.case import Case, Dataset, ImageSource, LabelRule
 from SegCore.errors import SegCoreError
+from SegCore.studies.decathlon import LAYOUT as MSD_LAYOUT
 
 NAME = "generic"
-DESCRIPTION = "generic: images/ (or imagesTr/) and labels/ (or labelsTr/) matched by file name"
-IMAGE_FOLDERS = ("images", "imagesTr")
-LABEL_FOLDERS = ("labels", "labelsTr")
+# The Decathlon's folder names too (nnU-Net's raw datasets use them).
+IMAGE_FOLDERS = ("images", MSD_LAYOUT.training_images)
+LABEL_FOLDERS = ("labels", MSD_LAYOUT.training_labels)
+DESCRIPTION = (f"generic: images/ (or {IMAGE_FOLDERS[1]}/) and labels/ (or {LABEL_FOLDERS[1]}/) matched by "
+               "file name")
 CHANNEL_SUFFIX = re.compile(r"^(.*)_(\d{4})$")
 
 

@@ -1,12 +1,8 @@
 """Abdominal muscle CT layout (the 'sarco' dataset): each scan's DICOM next to a NIfTI label of the same name.
 
-    sarco dataset/
-      HyuyQN0Tca.dcm      one DICOM slice (at L3), as the study trained on
-      HyuyQN0Tca.nii.gz   its muscle mask (binary; any non-zero value is muscle)
-      scan_ABDO_.../      or a whole DICOM series folder ...
-      scan_ABDO_....nii.gz  ... with its label of the same name
-
-Scans and labels are paired by name; the study's ToBinary step becomes the label rule 'non-zero -> 1'.
+A scan is one DICOM slice <scan>.dcm (as the study trained on) or a <scan>/ folder holding a series; its label
+is <scan>.nii.gz beside it. Suffixes, the binary label rule (the study's ToBinary: non-zero -> 1) and the labels
+are the muscle study's (`SegCore.studies.muscle`).
 """
 
 from __future__ import annotations
@@ -16,20 +12,22 @@ from pathlib import Path
 from SegCore.datasets._common import check_root, list_names, visible
 from SegCore.datasets.case import Case, Dataset, ImageSource, LabelRule
 from SegCore.errors import SegCoreError
+from SegCore.studies.muscle import LAYOUT, STUDY
 
-NAME = "muscle"
-DESCRIPTION = "muscle CT: <scan>.dcm or <scan>/ (DICOM series) + <scan>.nii.gz label, side by side"
-LABEL_SUFFIX = ".nii.gz"
-LABEL_RULE = LabelRule(((0, 0),), unmapped="foreground")
+NAME = LAYOUT.name
+SCAN_SUFFIX = LAYOUT.scan_suffix
+LABEL_SUFFIX = LAYOUT.label_suffix
+DESCRIPTION = f"muscle CT: <scan>{SCAN_SUFFIX} or <scan>/ (DICOM series) + <scan>{LABEL_SUFFIX} label, side by side"
+LABEL_RULE = LabelRule(LAYOUT.label_mapping, LAYOUT.unmapped)
 
 
 def _scans(root: Path) -> dict[str, Path]:
     """DICOM scans directly under `root`: single .dcm files and folders holding .dcm files, by name."""
     scans: dict[str, Path] = {}
     for entry in visible(root.iterdir()):
-        if entry.is_file() and entry.suffix.lower() == ".dcm":
+        if entry.is_file() and entry.suffix.lower() == SCAN_SUFFIX:
             scans[entry.stem] = entry
-        elif entry.is_dir() and any(p.suffix.lower() == ".dcm" for p in entry.iterdir()):
+        elif entry.is_dir() and any(p.suffix.lower() == SCAN_SUFFIX for p in entry.iterdir()):
             scans[entry.name] = entry
     return scans
 
@@ -50,7 +48,7 @@ def _series_of_files(root: Path) -> dict[str, str]:
         if len(series.files) > 1:
             raise SegCoreError(f"{len(series.files)} .dcm files belong to one series ({series.series_uid}): "
                                f"{list_names(f.name for f in series.files)}", path=root,
-                               fix="put a multi-slice series in its own folder <scan>/ next to <scan>.nii.gz")
+                               fix=f"put a multi-slice series in its own folder <scan>/ next to <scan>{LABEL_SUFFIX}")
         by_file[series.files[0].name] = series.series_uid
     return by_file
 
@@ -65,13 +63,14 @@ def read(root: str | Path, *, require_labels: bool = True) -> Dataset:
     root = check_root(root)
     scans, labels = _scans(root), _labels(root)
     if not scans:
-        raise SegCoreError("no DICOM scans (<scan>.dcm files or <scan>/ folders of .dcm files) found", path=root,
-                           fix="pass the folder that holds the scans and their .nii.gz labels")
+        raise SegCoreError(f"no DICOM scans (<scan>{SCAN_SUFFIX} files or <scan>/ folders of {SCAN_SUFFIX} files) "
+                           "found", path=root,
+                           fix=f"pass the folder that holds the scans and their {LABEL_SUFFIX} labels")
     orphans = sorted(set(labels) - set(scans))
     if orphans:
         raise SegCoreError(f"label(s) without a DICOM scan of the same name: "
                            f"{list_names(labels[n].name for n in orphans)}", path=root,
-                           fix="add the scans (<name>.dcm or <name>/) or remove those labels")
+                           fix=f"add the scans (<name>{SCAN_SUFFIX} or <name>/) or remove those labels")
     unlabelled = sorted(set(scans) - set(labels))
     if unlabelled and require_labels:
         raise SegCoreError(f"scan(s) without a label <name>{LABEL_SUFFIX}: {list_names(unlabelled)}", path=root,
@@ -81,7 +80,7 @@ def read(root: str | Path, *, require_labels: bool = True) -> Dataset:
     if unreadable:
         raise SegCoreError(f"not readable as DICOM images: {list_names(unreadable)}", path=root,
                            fix="re-export those scans, or remove them")
-    cases = [Case(name, (ImageSource(path, ("CT",)),), labels.get(name), LABEL_RULE, NAME,
+    cases = [Case(name, (ImageSource(path, STUDY.channel_names),), labels.get(name), LABEL_RULE, NAME,
                   metadata={"form": "series" if path.is_dir() else "slice"})
              for name, path in sorted(scans.items())]
-    return Dataset(root.name, NAME, root, cases, ("CT",), {0: "background", 1: "muscle"}, "CT")
+    return Dataset(root.name, NAME, root, cases, STUDY.channel_names, STUDY.label_names(), STUDY.modality)

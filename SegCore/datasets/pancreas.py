@@ -1,11 +1,8 @@
 """NIH Pancreas-CT layout (TCIA): DICOM series per patient plus one NIfTI label per patient.
 
-    NIH-Pancreas/
-      Pancreas-CT/PANCREAS_0001/<study folder>/<series folder>/1-001.dcm ...   (the TCIA download; the
-                                                                                  wrapper may be 'DOI/' or absent)
-      TCIA_pancreas_labels-02-05-2017/label0001.nii.gz                           pancreas = 1
-
-Case PANCREAS_00XX goes with label00XX.nii.gz (the number matches).
+The folder and file names (PANCREAS_00XX case folders, label00XX.nii.gz under TCIA_pancreas_labels-*) and the
+labels are the pancreas study's (`SegCore.studies.pancreas`, whose docstring draws the tree). A case goes with
+the label of the same number.
 """
 
 from __future__ import annotations
@@ -16,17 +13,19 @@ from pathlib import Path
 from SegCore.datasets._common import check_root, list_names, subfolders, visible
 from SegCore.datasets.case import Case, Dataset, ImageSource, LabelRule
 from SegCore.errors import SegCoreError
+from SegCore.studies.pancreas import LAYOUT, STUDY
 
-NAME = "pancreas"
-DESCRIPTION = "NIH Pancreas-CT: PANCREAS_00XX/<study>/<series>/*.dcm + TCIA_pancreas_labels-*/label00XX.nii.gz"
-CASE_PATTERN = re.compile(r"^PANCREAS_(\d+)$")
-LABEL_PATTERN = re.compile(r"^label(\d+)\.nii(\.gz)?$")
-LABEL_FOLDER_PREFIX = "TCIA_pancreas_labels"
-LABEL_RULE = LabelRule(((0, 0), (1, 1)), unmapped="error")
+NAME = LAYOUT.name
+CASES = f"{LAYOUT.case_prefix}XXXX"  # how messages name a case folder
+DESCRIPTION = (f"NIH Pancreas-CT: {LAYOUT.case_prefix}00XX/<study>/<series>/*.dcm + "
+               f"{LAYOUT.label_folder_prefix}-*/{LAYOUT.label_prefix}00XX{LAYOUT.label_suffix}")
+CASE_PATTERN = re.compile(rf"^{re.escape(LAYOUT.case_prefix)}(\d+)$")
+LABEL_PATTERN = re.compile(rf"^{re.escape(LAYOUT.label_prefix)}(\d+)\.nii(\.gz)?$")  # uncompressed accepted too
+LABEL_RULE = LabelRule(LAYOUT.label_mapping, LAYOUT.unmapped)
 
 
 def _case_folders(root: Path) -> dict[int, Path]:
-    """PANCREAS_XXXX folders directly under `root` or one wrapper folder down, by case number."""
+    """Case folders directly under `root` or one wrapper folder down, by case number."""
     found: dict[int, Path] = {}
     candidates = subfolders(root) + [f for w in subfolders(root) if not CASE_PATTERN.match(w.name)
                                      for f in subfolders(w)]
@@ -44,7 +43,7 @@ def _case_folders(root: Path) -> dict[int, Path]:
 def _label_files(root: Path) -> dict[int, Path]:
     found: dict[int, Path] = {}
     for folder in subfolders(root):
-        if folder.name.startswith(LABEL_FOLDER_PREFIX):
+        if folder.name.startswith(LAYOUT.label_folder_prefix):
             for path in visible(folder.iterdir()):
                 match = LABEL_PATTERN.match(path.name)
                 if match:
@@ -61,12 +60,12 @@ def _series_folder(case_folder: Path) -> Path:
     if len(series) > 1:
         raise SegCoreError(f"{len(series)} folders with DICOM files: "
                            f"{list_names(s.relative_to(case_folder) for s in series)}", path=case_folder,
-                           fix="keep only the CT series of the case (one series folder per PANCREAS_XXXX)")
+                           fix=f"keep only the CT series of the case (one series folder per {CASES})")
     return series[0]
 
 
 def looks_like(root: Path) -> bool:
-    return bool(_case_folders(root)) or any(f.name.startswith(LABEL_FOLDER_PREFIX) for f in subfolders(root))
+    return bool(_case_folders(root)) or any(f.name.startswith(LAYOUT.label_folder_prefix) for f in subfolders(root))
 
 
 def read(root: str | Path, *, require_labels: bool = True) -> Dataset:
@@ -79,17 +78,17 @@ def read(root: str | Path, *, require_labels: bool = True) -> Dataset:
     if orphans:
         raise SegCoreError(f"label file(s) without a DICOM case: "
                            f"{list_names(labels[n].relative_to(root) for n in orphans)}", path=root,
-                           fix=f"add the matching PANCREAS_XXXX DICOM folders (case {orphans[0]:04d} etc.) "
+                           fix=f"add the matching {CASES} DICOM folders ({LAYOUT.case_folder(orphans[0])} etc.) "
                                f"or remove those labels")
     if not case_folders:
-        raise SegCoreError("no PANCREAS_XXXX case folders found (looked in the folder and one level down)",
-                           path=root, fix="pass the folder that holds Pancreas-CT/ (or the case folders)")
+        raise SegCoreError(f"no {CASES} case folders found (looked in the folder and one level down)",
+                           path=root, fix=f"pass the folder that holds {LAYOUT.images_folder}/ (or the case folders)")
     unlabelled = sorted(set(case_folders) - set(labels))
     if unlabelled and require_labels:
         raise SegCoreError(f"case(s) without a label file: {list_names(case_folders[n].name for n in unlabelled)}",
-                           path=root, fix=f"add {LABEL_FOLDER_PREFIX}-*/label{unlabelled[0]:04d}.nii.gz etc., "
-                                          "or remove those cases")
-    cases = [Case(folder.name, (ImageSource(_series_folder(folder), ("CT",)),), labels.get(number), LABEL_RULE,
-                  NAME, metadata={"case_number": number})
+                           path=root, fix=f"add {LAYOUT.label_folder_prefix}-*/{LAYOUT.label_file(unlabelled[0])} "
+                                          "etc., or remove those cases")
+    cases = [Case(folder.name, (ImageSource(_series_folder(folder), STUDY.channel_names),), labels.get(number),
+                  LABEL_RULE, NAME, metadata={"case_number": number})
              for number, folder in sorted(case_folders.items())]
-    return Dataset(root.name, NAME, root, cases, ("CT",), {0: "background", 1: "pancreas"}, "CT")
+    return Dataset(root.name, NAME, root, cases, STUDY.channel_names, STUDY.label_names(), STUDY.modality)

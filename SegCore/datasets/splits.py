@@ -22,6 +22,7 @@ import numpy as np
 from SegCore.atomic import atomic_file
 from SegCore.datasets._common import list_names
 from SegCore.errors import SegCoreError
+from SegCore.studies import pancreas
 
 
 def _checked_ids(case_ids: Sequence[str]) -> list[str]:
@@ -54,7 +55,8 @@ def kfold_splits(case_ids: Sequence[str], folds: int = 5, *, seed: int = 12345) 
 def _case_number(case_id: str) -> int:
     digits = re.findall(r"\d+", case_id)
     if not digits:
-        raise SegCoreError(f"case id {case_id!r} holds no case number", fix="use ids like PANCREAS_0001")
+        raise SegCoreError(f"case id {case_id!r} holds no case number",
+                           fix=f"use ids like {pancreas.LAYOUT.case_folder(1)}")
     return int(digits[-1])
 
 

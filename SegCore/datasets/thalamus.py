@@ -1,13 +1,8 @@
 """Thalamus benchmark layout (HCP-processed data): one folder per subject with diffusion maps, T1 and masks.
 
-    HCP_processed_data/
-      <subject>/diffusion/evalue1.nii.gz  FA.nii.gz  RD.nii.gz  MD.nii.gz
-      <subject>/T1w_acpc_dc_restore_1.25.nii.gz
-      <subject>/FreeSurfer/aparc+aseg_1.25_nearest.nii.gz          thalamus = 10 (left) and 49 (right)
-      <subject>/STAPLE/STAPLE_th0.5_thalamus_1.25.nii.gz, FSL/..., QuickNAT/... (7/25), manual/manual.nii.gz
-      training_subjects.txt, testing_subjects.txt, ...             optional: one subject id per line
-
-The study's input channels are any combination of evalue1, FA, RD, MD and T1; each is one file.
+The channel files, the label sources with their stored thalamus values (FreeSurfer 10 / 49, QuickNAT 7 / 25),
+the subject lists and the labels are the thalamus study's (`SegCore.studies.thalamus`, whose docstring draws
+the tree). The input channels are any combination of the study's channels; each is one file.
 """
 
 from __future__ import annotations
@@ -18,49 +13,34 @@ from SegCore.datasets._common import check_root, list_names, subfolders, visible
 from SegCore.datasets.case import Case, Dataset, ImageSource, LabelRule
 from SegCore.datasets.splits import read_case_list
 from SegCore.errors import SegCoreError
+from SegCore.studies.thalamus import LAYOUT, STUDY
 
-NAME = "thalamus"
-DESCRIPTION = "thalamus (HCP): <subject>/diffusion/{evalue1,FA,RD,MD}.nii.gz + T1w_acpc_dc_restore_1.25.nii.gz"
-CHANNEL_FILES = {
-    "evalue1": "diffusion/evalue1.nii.gz",
-    "FA": "diffusion/FA.nii.gz",
-    "RD": "diffusion/RD.nii.gz",
-    "MD": "diffusion/MD.nii.gz",
-    "T1": "T1w_acpc_dc_restore_1.25.nii.gz",
-}
-DEFAULT_CHANNELS = ("evalue1", "FA", "RD", "MD", "T1")
-# The input combinations the study trained and compared (its inference script lists them).
-STUDY_CHANNEL_COMBINATIONS = (
-    ("evalue1", "FA", "RD", "MD", "T1"), ("evalue1", "FA", "RD", "MD"), ("T1",), ("FA", "RD"), ("FA", "T1"),
-    ("FA", "MD"), ("FA", "evalue1"), ("RD", "MD"), ("FA",), ("MD",), ("RD",), ("evalue1",), ("MD", "T1"),
-    ("evalue1", "T1"),
-)
-# label source -> (file inside the subject folder, (left thalamus value, right thalamus value)), as the study.
-LABEL_SOURCES = {
-    "freesurfer": ("FreeSurfer/aparc+aseg_1.25_nearest.nii.gz", (10, 49)),
-    "staple": ("STAPLE/STAPLE_th0.5_thalamus_1.25.nii.gz", (10, 49)),
-    "fsl": ("FSL/T1_first_all_fast_firstseg_1.25_nearest.nii.gz", (10, 49)),
-    "quicknat": ("QuickNAT/segmentation_acpc_dc_restore_1.25_nearest.nii.gz", (7, 25)),
-    "manual": ("manual/manual.nii.gz", (10, 49)),
-}
-SUBJECT_LIST_SUFFIX = "_subjects.txt"
+NAME = LAYOUT.name
+CHANNEL_FILES = {channel.name: channel.file for channel in STUDY.channels}
+DEFAULT_CHANNELS = STUDY.channel_names
+DESCRIPTION = "thalamus (HCP): <subject>/" + ", ".join(CHANNEL_FILES.values())
+# What makes a folder a subject: a channel folder (diffusion/) or a channel file directly in it (the T1).
+CHANNEL_FOLDERS = tuple(sorted({Path(f).parent.as_posix() for f in CHANNEL_FILES.values()} - {"."}))
+TOP_LEVEL_FILES = tuple(f for f in CHANNEL_FILES.values() if Path(f).parent == Path("."))
+SUBJECT_MARKS = " or ".join([f"{folder}/" for folder in CHANNEL_FOLDERS] + list(TOP_LEVEL_FILES))
 
 
-def label_rule(source: str = "freesurfer", *, left_right: bool = False) -> LabelRule:
+def label_rule(source: str = LAYOUT.default_label_source, *, left_right: bool = False) -> LabelRule:
     """Both thalami -> 1 (the study's single label), or left -> 1 and right -> 2; every other value -> 0."""
-    left, right = LABEL_SOURCES[source][1]
-    return LabelRule(((left, 1), (right, 2 if left_right else 1)), unmapped="background")
+    stored = LAYOUT.label_source(source)
+    return LabelRule(((stored.left, 1), (stored.right, 2 if left_right else 1)), unmapped=LAYOUT.unmapped)
 
 
 def _is_subject(folder: Path) -> bool:
-    return (folder / "diffusion").is_dir() or (folder / CHANNEL_FILES["T1"]).is_file()
+    return any((folder / f).is_dir() for f in CHANNEL_FOLDERS) or any((folder / f).is_file() for f in TOP_LEVEL_FILES)
 
 
 def looks_like(root: Path) -> bool:
     return any(_is_subject(f) for f in subfolders(root))
 
 
-def read(root: str | Path, *, channels: tuple[str, ...] = DEFAULT_CHANNELS, label_source: str = "freesurfer",
+def read(root: str | Path, *, channels: tuple[str, ...] = DEFAULT_CHANNELS,
+         label_source: str = LAYOUT.default_label_source,
          left_right: bool = False, subjects_file: str | Path | None = None, require_labels: bool = True) -> Dataset:
     """Read the subjects under `root` (or those listed in `subjects_file`) with the given input channels.
 
@@ -71,8 +51,7 @@ def read(root: str | Path, *, channels: tuple[str, ...] = DEFAULT_CHANNELS, labe
     unknown = [c for c in channels if c not in CHANNEL_FILES]
     if unknown or not channels:
         raise SegCoreError(f"unknown thalamus channel(s) {unknown}", fix=f"choose from {list(CHANNEL_FILES)}")
-    if label_source not in LABEL_SOURCES:
-        raise SegCoreError(f"unknown label source {label_source!r}", fix=f"choose from {list(LABEL_SOURCES)}")
+    label_file = LAYOUT.label_source(label_source).file
     subjects = [f for f in subfolders(root) if _is_subject(f)]
     if subjects_file is not None:
         wanted = read_case_list(subjects_file)
@@ -83,13 +62,12 @@ def read(root: str | Path, *, channels: tuple[str, ...] = DEFAULT_CHANNELS, labe
                                path=subjects_file, fix="correct the list or restore the subject folders")
         subjects = [by_name[s] for s in wanted]
     if not subjects:
-        raise SegCoreError("no subject folders (with diffusion/ or T1w_acpc_dc_restore_1.25.nii.gz) found",
+        raise SegCoreError(f"no subject folders (with {SUBJECT_MARKS}) found",
                            path=root, fix="pass the folder that holds the subject folders (HCP_processed_data)")
 
-    lists = {p.name[: -len(SUBJECT_LIST_SUFFIX)]: set(read_case_list(p))
-             for p in visible(root.glob(f"*{SUBJECT_LIST_SUFFIX}"))}
+    suffix = LAYOUT.subject_list_suffix
+    lists = {p.name[: -len(suffix)]: set(read_case_list(p)) for p in visible(root.glob(f"*{suffix}"))}
     rule = label_rule(label_source, left_right=left_right)
-    label_file = LABEL_SOURCES[label_source][0]
     cases = []
     for folder in subjects:
         for channel in channels:
@@ -108,7 +86,6 @@ def read(root: str | Path, *, channels: tuple[str, ...] = DEFAULT_CHANNELS, labe
         subset = "test" if any(name.startswith("test") for name in member_of) else "training"
         cases.append(Case(folder.name, tuple(ImageSource(folder / CHANNEL_FILES[c], (c,)) for c in channels),
                           label, rule, NAME, subset, {"subject_lists": member_of, "label_source": label_source}))
-    names = {0: "background", 1: "left thalamus", 2: "right thalamus"} if left_right else \
-        {0: "background", 1: "thalamus"}
-    return Dataset(root.name, NAME, root, cases, tuple(channels), names, "MRI",
+    names = STUDY.label_names("left_right" if left_right else None)
+    return Dataset(root.name, NAME, root, cases, tuple(channels), names, STUDY.modality,
                    {"label_source": label_source, "subject_lists": sorted(lists)})

@@ -112,7 +112,7 @@ def _ct_case(index: int, seed: int, shape_zyx, level: Difficulty, *, centre, fov
     image = blur(paint(tissues, table, noise_rng, texture=0.0)[0], level.blur_voxels)
     image += noise_rng.normal(0.0, NOISE_HU * level.noise, image.shape).astype(np.float32)
     image = np.clip(np.round(image), -1024, 3071).astype(np.int16)
-    return PhantomCase(Volume(image, grid), Volume(lookup(tissues, labels), grid), ("CT",))
+    return PhantomCase(Volume(image, grid), Volume(lookup(tissues, labels), grid))
 
 
 def pancreas_case(index: int, seed: int, shape_zyx, level: Difficulty) -> PhantomCase:

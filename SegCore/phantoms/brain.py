@@ -24,13 +24,19 @@ from SegCore.phantoms.shapes import (
     rician,
     rotation_z,
 )
+from SegCore.studies.decathlon import STUDY as DECATHLON
+from SegCore.studies.thalamus import LAYOUT as THALAMUS_LAYOUT
+from SegCore.studies.thalamus import STUDY as THALAMUS
 from SegCore.volume import Volume
 
 (BACKGROUND, SCALP, SKULL, CSF, CORTEX_L, CORTEX_R, WM_L, WM_R, VENTRICLE_L, VENTRICLE_R, THIRD_VENTRICLE,
  THALAMUS_L, THALAMUS_R, CAUDATE_L, CAUDATE_R, PUTAMEN_L, PUTAMEN_R, EDEMA, CORE, ENHANCING) = range(20)
-# FreeSurfer aseg values of each tissue (left structures lie at x > 0: LPS x points to the patient's left).
+# FreeSurfer aseg values of each tissue (left structures lie at x > 0: LPS x points to the patient's left); the
+# thalami's are the study's FreeSurfer label source.
+_FREESURFER = THALAMUS_LAYOUT.label_source("freesurfer")
 ASEG = {CSF: 24, CORTEX_L: 3, CORTEX_R: 42, WM_L: 2, WM_R: 41, VENTRICLE_L: 4, VENTRICLE_R: 43, THIRD_VENTRICLE: 14,
-        THALAMUS_L: 10, THALAMUS_R: 49, CAUDATE_L: 11, CAUDATE_R: 50, PUTAMEN_L: 12, PUTAMEN_R: 51}
+        THALAMUS_L: _FREESURFER.left, THALAMUS_R: _FREESURFER.right, CAUDATE_L: 11, CAUDATE_R: 50, PUTAMEN_L: 12,
+        PUTAMEN_R: 51}
 BRAIN_RADII = np.array([68.0, 85.0, 62.0])
 
 
@@ -46,8 +52,9 @@ DIFFUSION = {CSF: (3.0, 2.9), **_pairs(CORTEX_L, CORTEX_R, (0.95, 0.75)), **_pai
 T1W = {BACKGROUND: 5, SCALP: 600, SKULL: 120, CSF: 250, **_pairs(CORTEX_L, CORTEX_R, 600), **_pairs(WM_L, WM_R, 950),
        **_pairs(VENTRICLE_L, VENTRICLE_R, 200), THIRD_VENTRICLE: 200, **_pairs(THALAMUS_L, THALAMUS_R, 800),
        **_pairs(CAUDATE_L, CAUDATE_R, 650), **_pairs(PUTAMEN_L, PUTAMEN_R, 720)}
-# BraTS channels (FLAIR, T1w, t1gd, T2w), skull-stripped: everything outside the brain is 0.
-BRATS_CHANNELS = ("FLAIR", "T1w", "t1gd", "T2w")
+# BraTS-like grey values, skull-stripped (everything outside the brain is 0); the columns are the channels
+# BRATS_COLUMNS, written in the order of the MSD task's channels.
+BRATS_COLUMNS = ("FLAIR", "T1w", "t1gd", "T2w")
 _GREY = (520, 480, 490, 600)
 BRATS = {CSF: (150, 250, 260, 1500), **_pairs(CORTEX_L, CORTEX_R, _GREY), **_pairs(WM_L, WM_R, (420, 700, 700, 350)),
          **_pairs(VENTRICLE_L, VENTRICLE_R, (150, 250, 260, 1500)), THIRD_VENTRICLE: (150, 250, 260, 1500),
@@ -119,8 +126,8 @@ def _render(index: int, seed: int, shape_zyx, fov_mm, *, tumour: bool):
 
 
 def thalamus_case(index: int, seed: int, shape_zyx, level: Difficulty) -> PhantomCase:
-    """HCP-style subject: channels (evalue1, FA, RD, MD, T1) on one grid; label 1 = both thalami; the
-    FreeSurfer aparc+aseg (10 = left, 49 = right thalamus) comes as extras['aseg']."""
+    """HCP-style subject: the study's channels (evalue1, FA, RD, MD, T1) on one grid; label 1 = both thalami;
+    the FreeSurfer aparc+aseg (10 = left, 49 = right thalamus) comes as extras['aseg']."""
     grid, tissues, rng = _render(index, seed, shape_zyx, (180.0, 216.0, 160.0), tumour=False)
     diffusion = _table(DIFFUSION, 2)
     diffusion = with_contrast(diffusion, [THALAMUS_L, THALAMUS_R], diffusion[WM_L], level)
@@ -134,11 +141,13 @@ def thalamus_case(index: int, seed: int, shape_zyx, level: Difficulty) -> Phanto
     t1_table = with_contrast(_table({k: (v,) for k, v in T1W.items()}, 1), [THALAMUS_L, THALAMUS_R],
                              np.array([T1W[WM_L]]), level)
     t1 = rician(blur(paint(tissues, t1_table, rng)[0], level.blur_voxels), 20.0 * level.noise, rng)
-    channels = [axial * 1e-3, fa, radial * 1e-3, md * 1e-3]
-    image = np.stack([np.where(brain, ch, 0.0) for ch in channels] + [t1]).astype(np.float32)
+    # Each map under its channel name (diffusivities in mm^2/s, zero outside the brain), stacked in study order.
+    maps = {"evalue1": axial * 1e-3, "FA": fa, "RD": radial * 1e-3, "MD": md * 1e-3}
+    maps = {name: np.where(brain, value, 0.0) for name, value in maps.items()} | {"T1": t1}
+    image = np.stack([maps[name] for name in THALAMUS.channel_names]).astype(np.float32)
     aseg = Volume(lookup(tissues, ASEG, np.int16), grid)
     label = Volume(lookup(tissues, {THALAMUS_L: 1, THALAMUS_R: 1}), grid)
-    return PhantomCase(Volume(image, grid), label, ("evalue1", "FA", "RD", "MD", "T1"), {"aseg": aseg})
+    return PhantomCase(Volume(image, grid), label, {"aseg": aseg})
 
 
 def brain_tumour_case(index: int, seed: int, shape_zyx, level: Difficulty) -> PhantomCase:
@@ -149,5 +158,7 @@ def brain_tumour_case(index: int, seed: int, shape_zyx, level: Difficulty) -> Ph
     table = with_contrast(table, list(BRATS_LABELS), table[WM_L], level)
     channels = [rician(blur(ch, level.blur_voxels), 15.0 * level.noise, rng) for ch in paint(tissues, table, rng)]
     brain = np.isin(tissues, list(BRATS))
-    image = np.stack([np.where(brain, ch, 0.0) for ch in channels]).astype(np.float32)
-    return PhantomCase(Volume(image, grid), Volume(lookup(tissues, BRATS_LABELS), grid), BRATS_CHANNELS)
+    by_name = dict(zip(BRATS_COLUMNS, channels, strict=True))
+    order = DECATHLON.task("BrainTumour").channels
+    image = np.stack([np.where(brain, by_name[name], 0.0) for name in order]).astype(np.float32)
+    return PhantomCase(Volume(image, grid), Volume(lookup(tissues, BRATS_LABELS), grid))

@@ -98,11 +98,10 @@ def atrium_case(index: int, seed: int, shape_zyx, level: Difficulty) -> PhantomC
     """LGE-MRI as the LA 2018 challenge stores it: uint8 grey values; label 1 = atrium cavity + vein stubs."""
     grid, tissues, image = _case(index, seed, shape_zyx, level, LGE, 7.0)
     image = np.clip(np.round(image), 0, 255).astype(np.uint8)
-    return PhantomCase(Volume(image, grid), Volume(lookup(tissues, {LA_BLOOD: 1}), grid), ("LGE-MRI",))
+    return PhantomCase(Volume(image, grid), Volume(lookup(tissues, {LA_BLOOD: 1}), grid))
 
 
 def heart_case(index: int, seed: int, shape_zyx, level: Difficulty) -> PhantomCase:
     """MSD Task02 (Heart): mono-modal MRI, float32; label 1 = left atrium."""
     grid, tissues, image = _case(index, seed, shape_zyx, level, SSFP, 25.0)
-    return PhantomCase(Volume(image.astype(np.float32), grid), Volume(lookup(tissues, {LA_BLOOD: 1}), grid),
-                       ("MRI",))
+    return PhantomCase(Volume(image.astype(np.float32), grid), Volume(lookup(tissues, {LA_BLOOD: 1}), grid))

@@ -21,13 +21,14 @@ from SegCore.phantoms.shapes import (
     place_case,
     rician,
 )
+from SegCore.studies.decathlon import STUDY as DECATHLON
 from SegCore.volume import Volume
 
 AIR, FAT, MUSCLE, BONE, BLADDER, RECTAL_WALL, RECTAL_LUMEN, PERIPHERAL, TRANSITION = range(9)
 #                     air  fat  muscle bone bladder wall lumen  PZ    TZ
 T2 = np.array([0, 480, 140, 300, 1000, 200, 60, 520, 260], dtype=np.float32)
 ADC = np.array([0, 150, 1350, 500, 2900, 1200, 800, 1700, 1250], dtype=np.float32)
-CHANNELS = ("T2", "ADC")
+COLUMNS = ("T2", "ADC")  # the channels these tables and REFERENCE give, written in the MSD task's order
 # With difficulty both zones fade towards their surroundings: periprostatic fat on T2 (480), and on ADC
 # towards the muscle-like 1350 (fat's ADC is near zero, nothing a real gland approaches).
 REFERENCE = np.array([480.0, 1350.0], dtype=np.float32)
@@ -71,5 +72,7 @@ def prostate_case(index: int, seed: int, shape_zyx, level: Difficulty) -> Phanto
     noise = (18.0, 60.0)
     channels = [rician(blur(ch, level.blur_voxels), n * level.noise, noise_rng)
                 for ch, n in zip(paint(tissues, table, noise_rng), noise, strict=True)]
+    by_name = dict(zip(COLUMNS, channels, strict=True))
+    image = np.stack([by_name[name] for name in DECATHLON.task("Prostate").channels]).astype(np.float32)
     label = lookup(tissues, {PERIPHERAL: 1, TRANSITION: 2})
-    return PhantomCase(Volume(np.stack(channels).astype(np.float32), grid), Volume(label, grid), CHANNELS)
+    return PhantomCase(Volume(image, grid), Volume(label, grid))

@@ -1,4 +1,4 @@
-"""From anatomy to voxels: tissue maps rendered slab by slab, intensity tables, difficulty levels.
+"""From anatomy to voxels: tissue maps rendered slab by slab, intensity tables lowered to a difficulty level.
 
 An anatomy is a callable taking warped anatomical coordinates (x, y, z arrays, mm) and returning a uint8
 tissue-index array of the same shape. `render_tissues` evaluates it over a grid in slabs of slices (bounded
@@ -12,38 +12,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from SegCore.errors import SegCoreError
+from SegCore.phantoms.catalog import Difficulty
 from SegCore.phantoms.shapes import Coords, SmoothWarp, grid_coords, smooth_field
 from SegCore.volume import Grid, Volume
 
 SLAB_SLICES = 16
-
-
-@dataclass(frozen=True)
-class Difficulty:
-    """How hard the target structure is to see.
-
-    contrast: the fraction of the nominal target-vs-surroundings intensity difference that is kept.
-    noise: multiplier of the study's base noise level. blur_voxels: partial-volume blur (Gaussian sigma).
-    """
-
-    name: str
-    contrast: float
-    noise: float
-    blur_voxels: float
-
-
-DIFFICULTIES = {
-    "easy": Difficulty("easy", 1.0, 1.0, 0.5),
-    "medium": Difficulty("medium", 0.6, 1.6, 0.7),
-    "hard": Difficulty("hard", 0.35, 2.4, 0.9),
-}
-
-
-def difficulty_from_name(name: str) -> Difficulty:
-    if name not in DIFFICULTIES:
-        raise SegCoreError(f"unknown difficulty {name!r}", fix=f"use one of {', '.join(DIFFICULTIES)}")
-    return DIFFICULTIES[name]
 
 
 def render_tissues(grid: Grid, centre_lps: np.ndarray, warp: SmoothWarp,
@@ -86,11 +59,11 @@ def lookup(tissues: np.ndarray, values: dict[int, int], dtype=np.uint8) -> np.nd
 class PhantomCase:
     """One synthetic case before it is laid out on disk.
 
-    image: (Z, Y, X) or (C, Z, Y, X) in the modality's units; label: (Z, Y, X) uint8 in SegCore values;
-    extras: other files the layout holds (e.g. the thalamus study's FreeSurfer aparc+aseg), by name.
+    image: (Z, Y, X) or (C, Z, Y, X) in the modality's units, channels in the study's order (SegCore.studies);
+    label: (Z, Y, X) uint8 in SegCore values; extras: other files the layout holds (e.g. the thalamus study's
+    FreeSurfer aparc+aseg), by name.
     """
 
     image: Volume
     label: Volume
-    channel_names: tuple[str, ...]
     extras: dict[str, Volume] = field(default_factory=dict)

@@ -89,8 +89,10 @@ class SmoothWarp:
         return x + dx, y + dy, z + dz
 
 
-def ellipsoid(c: Coords, centre, radii, rotation: np.ndarray | None = None) -> np.ndarray:
-    """Voxels inside an ellipsoid with semi-axes `radii` (mm) about `centre`, optionally rotated (3x3)."""
+def ellipsoid(c: Coords, centre_xyz_mm, radii_xyz_mm, rotation: np.ndarray | None = None) -> np.ndarray:
+    """Voxels inside an ellipsoid with semi-axes `radii_xyz_mm` about `centre_xyz_mm` (frame coordinates, as `c`),
+    optionally rotated (3x3)."""
+    centre, radii = centre_xyz_mm, radii_xyz_mm
     x, y, z = (c[i] - np.float32(centre[i]) for i in range(3))
     if rotation is not None:
         r = np.asarray(rotation, dtype=np.float32).T  # into the ellipsoid's own axes
@@ -98,9 +100,9 @@ def ellipsoid(c: Coords, centre, radii, rotation: np.ndarray | None = None) -> n
     return (x / radii[0]) ** 2 + (y / radii[1]) ** 2 + (z / radii[2]) ** 2 <= 1.0
 
 
-def ellipse_radius(c: Coords, centre_xy, radii_xy) -> np.ndarray:
+def ellipse_radius(c: Coords, centre_xy_mm, radii_xy_mm) -> np.ndarray:
     """Normalised elliptic radius in the axial plane: < 1 inside the elliptic cylinder (any z)."""
-    return np.sqrt(((c[0] - centre_xy[0]) / radii_xy[0]) ** 2 + ((c[1] - centre_xy[1]) / radii_xy[1]) ** 2)
+    return np.sqrt(((c[0] - centre_xy_mm[0]) / radii_xy_mm[0]) ** 2 + ((c[1] - centre_xy_mm[1]) / radii_xy_mm[1]) ** 2)
 
 
 def capsule(c: Coords, start, end, radius: float) -> np.ndarray:
