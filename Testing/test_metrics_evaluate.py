@@ -200,7 +200,7 @@ def test_report_folder_is_never_written_over_other_files_or_inputs(cohort, capsy
     assert (busy / "notes.txt").read_text() == "mine" and len(list(busy.iterdir())) == 1
     code = main(["evaluate", "--pred", str(cohort["model_a"]), "--ref", str(cohort["refs"]),
                  "--out", str(cohort["tmp"])])
-    assert code == 1 and "holds the inputs" in capsys.readouterr().err
+    assert code == 1 and "holds an input" in capsys.readouterr().err
     report = cohort["tmp"] / "report"
     for _ in range(2):  # an earlier report is replaced
         assert main(["evaluate", "--pred", str(cohort["model_a"]), "--ref", str(cohort["refs"]), "--no-plots",

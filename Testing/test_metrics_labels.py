@@ -1,4 +1,4 @@
-"""Multi-label tables, Volumes with geometry (grid checks, resampling, placement), and cohort summaries."""
+"""Multi-label tables, Volumes with geometry (grid checks, resampling), and cohort summaries."""
 
 from __future__ import annotations
 
@@ -10,7 +10,6 @@ from SegCore.metrics import (
     compare_label_maps,
     compare_masks,
     compare_volumes,
-    place_on_grid,
     summarise,
 )
 from SegCore.volume import Volume
@@ -90,21 +89,6 @@ def test_oblique_volumes_measure_the_same_as_axis_aligned(oblique_direction):
                              Volume.create(ref, (0.8, 0.9, 2.5), direction_lps=oblique_direction), labels=[1])
     for key in ("dice", "hd_mm", "hd95_mm", "assd_mm", "volume_ref_ml"):
         assert tilted[0][key] == pytest.approx(plain[0][key], abs=1e-9)
-
-
-def test_place_on_grid_pastes_a_cropped_segmentation_exactly():
-    full = np.zeros((10, 12, 14), np.uint8)
-    full[3:6, 4:8, 5:9] = 4
-    reference = Volume.create(full, spacing_xyz_mm=(0.5, 0.6, 3.0), origin_lps=(1.0, 2.0, 3.0))
-    crop = full[3:6, 4:8, 5:9]
-    cropped = Volume.create(crop, spacing_xyz_mm=(0.5, 0.6, 3.0), origin_lps=(1.0 + 5 * 0.5, 2.0 + 4 * 0.6, 3.0 + 9.0))
-    placed = place_on_grid(cropped, reference.grid)
-    assert placed is not None and placed.grid.same_as(reference.grid)
-    assert np.array_equal(placed.array, full)
-    half_voxel = Volume.create(crop, spacing_xyz_mm=(0.5, 0.6, 3.0), origin_lps=(1.25, 2.0, 3.0))
-    assert place_on_grid(half_voxel, reference.grid) is None
-    outside = Volume.create(crop, spacing_xyz_mm=(0.5, 0.6, 3.0), origin_lps=(-1.0, 2.0, 3.0))
-    assert place_on_grid(outside, reference.grid) is None  # labels would fall off the reference image
 
 
 def test_summary_rows_per_group_label_and_metric():

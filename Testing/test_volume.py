@@ -6,7 +6,7 @@ import pytest
 import SimpleITK as sitk
 
 from SegCore import Grid, SegCoreError, Volume
-from SegCore.volume import from_sitk, resample_to_grid, to_sitk
+from SegCore.volume import from_sitk, place_on_grid, resample_to_grid, to_sitk
 
 
 def make_volume(direction, channels=0, rng=None):
@@ -107,3 +107,48 @@ def test_resample_label_onto_finer_grid_keeps_labels_in_place(oblique_direction)
     centre = fine.index_to_lps(np.argwhere(out.array == 3)[:, ::-1]).mean(axis=0)
     expected = source.grid.index_to_lps(np.argwhere(labels == 3)[:, ::-1]).mean(axis=0)
     np.testing.assert_allclose(centre, expected, atol=1e-6)
+
+
+def nearest_onto(volume: Volume, grid: Grid) -> np.ndarray:
+    """The oracle: SimpleITK's own nearest-neighbour resampling of `volume` onto `grid` (0 outside)."""
+    source = sitk.GetImageFromArray(volume.array)
+    reference = sitk.GetImageFromArray(np.zeros(grid.shape_zyx, dtype=volume.array.dtype))
+    for image, where in ((source, volume.grid), (reference, grid)):
+        image.SetSpacing(where.spacing_xyz_mm)
+        image.SetOrigin(where.origin_lps)
+        image.SetDirection(np.asarray(where.direction_lps).flatten().tolist())
+    return sitk.GetArrayFromImage(sitk.Resample(source, reference, sitk.Transform(), sitk.sitkNearestNeighbor, 0))
+
+
+@pytest.mark.parametrize("oblique", [False, True])
+def test_place_on_grid_pastes_a_crop_of_the_lattice_like_nearest_resampling(rng, oblique, oblique_direction):
+    direction = oblique_direction if oblique else np.eye(3)
+    spacing = (0.5, 0.6, 3.0)
+    full = Volume.create(np.zeros((10, 12, 14), np.uint8), spacing, (1.0, 2.0, 3.0), direction)
+    crop = (rng.random((4, 5, 6)) < 0.5).astype(np.uint8) * 7
+    for start_ijk in ((5, 4, 3), (0, 0, 0), (8, 7, 6)):  # inside, at the corner, at the far edge
+        origin = full.grid.index_to_lps([start_ijk])[0]
+        # float32 headers: a spacing off by 2e-5 relative and an origin off by 2e-4 mm are the same lattice
+        cropped = Volume.create(crop, np.asarray(spacing) * (1 + 2e-5), origin + 2e-4, direction)
+        placed = place_on_grid(cropped, full.grid)
+        assert placed is not None and placed.grid.same_as(full.grid)
+        assert np.array_equal(placed.array, nearest_onto(cropped, full.grid))
+        assert np.count_nonzero(placed.array) == np.count_nonzero(crop)
+
+
+def test_place_on_grid_refuses_other_lattices_and_lost_voxels(oblique_direction):
+    grid = Volume.create(np.zeros((10, 12, 14), np.uint8), (0.5, 0.6, 3.0), (1.0, 2.0, 3.0), oblique_direction).grid
+    crop = np.ones((3, 4, 5), np.uint8)
+
+    def at(start_ijk, spacing=(0.5, 0.6, 3.0), direction=oblique_direction):
+        return Volume.create(crop, spacing, grid.index_to_lps([start_ijk])[0], direction)
+
+    assert place_on_grid(at((0.5, 2, 2)), grid) is None  # half a voxel off: another lattice
+    assert place_on_grid(at((2, 2, 2), spacing=(0.5, 0.6, 2.9)), grid) is None
+    assert place_on_grid(at((2, 2, 2), direction=np.eye(3)), grid) is None
+    assert place_on_grid(at((-1, 2, 2)), grid) is None  # labels would fall off the grid
+    background_outside = crop.copy()
+    background_outside[:, :, 0] = 0  # the column left of the grid holds only background: nothing is lost
+    placed = place_on_grid(at((-1, 2, 2)).with_array(background_outside), grid)
+    assert placed is not None and np.count_nonzero(placed.array) == np.count_nonzero(background_outside)
+    assert place_on_grid(at((100, 2, 2)).with_array(np.zeros_like(crop)), grid) is not None  # empty: all zeros

@@ -1,10 +1,15 @@
-"""Time SegStudies' surface metrics against MONAI, MedPy and DeepMind's surface-distance on the same mask pairs.
+"""Time SegStudies' surface metrics against MONAI, MedPy and DeepMind's surface-distance on the same mask pairs,
+and the whole `segcore evaluate --out` command against surface-distance's compute alone.
 
 Run by hand (`make bench`, or `python benchmarks/metrics.py [--quick]`) with the peers of
 benchmarks/requirements.txt installed. Each library computes HD95 on each pair with its own definition; the
 table gives its best wall time over repeats and the values it reports, beside SegStudies' `compare_masks`
-(which computes all 17 metrics in that one call). The full run rewrites the "## Metrics" section of
-benchmarks/RESULTS.md; --quick runs the small pairs only and writes nothing.
+(which computes all 17 metrics in that one call). Then, on the 512x512x300 small-organ pair saved as .nrrd,
+`segcore evaluate --pred pred.nrrd --ref ref.nrrd --out report` runs as a process (start-up, reading, every
+metric, tables and plots), interleaved with surface-distance's HD95 compute and SegStudies' label-map path
+(`compare_label_maps`) on the same pair. The full run rewrites the "## Metrics" and "## segcore evaluate"
+sections of benchmarks/RESULTS.md; --quick runs the small pairs only and writes nothing; --evaluate-only runs
+and writes the second section only.
 """
 
 from __future__ import annotations
@@ -14,7 +19,10 @@ import importlib
 import os
 import platform
 import re
+import shutil
+import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -23,7 +31,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run from a checkout without installing SegCore
 
-from SegCore.metrics import compare_masks  # noqa: E402
+from SegCore.metrics import compare_label_maps, compare_masks  # noqa: E402
 
 TOLERANCE_MM = 2.0
 RESULTS = ROOT / "benchmarks" / "RESULTS.md"
@@ -169,14 +177,84 @@ def difference(name: str, values: dict, ours: dict | None) -> str:
     return f"{worst:.1e}" + (" (other definitions)" if name == "surface-distance" else "")
 
 
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="small pairs only; RESULTS.md is not written")
-    parser.add_argument("--repeats", type=int, default=3, help="timed repeats per library and pair (best kept)")
-    parser.add_argument("--skip", nargs="*", default=[], choices=list(LIBRARIES), help="libraries to leave out")
-    parser.add_argument("--no-write", action="store_true", help="print the table, do not update RESULTS.md")
-    args = parser.parse_args(argv)
+def time_evaluate_command(pair: dict, repeats: int) -> dict:
+    """Best wall times, interleaved run by run so that load on the machine affects all alike, of: the whole
+    `segcore evaluate --out` process on the pair saved as .nrrd; surface-distance's HD95 compute on the arrays;
+    SegStudies' label-map path (`compare_label_maps`) on the uint8 maps."""
+    from SegCore.io import write_image
+    from SegCore.volume import Volume
 
+    pred, ref = pair["pred"].astype(np.uint8), pair["ref"].astype(np.uint8)
+    spacing_zyx = tuple(pair["spacing"][::-1])
+    best = {"command": float("inf"), "surface-distance": float("inf"), "label maps": float("inf")}
+    with tempfile.TemporaryDirectory() as folder:
+        folder = Path(folder)
+        for name, array in (("pred", pred), ("ref", ref)):
+            write_image(Volume.create(array, pair["spacing"]), folder / f"{name}.nrrd")
+        command = [sys.executable, "-m", "SegCore", "evaluate", "--pred", "pred.nrrd", "--ref", "ref.nrrd",
+                   "--out", "report"]
+        for _ in range(repeats):
+            shutil.rmtree(folder / "report", ignore_errors=True)
+            start = time.perf_counter()
+            subprocess.run(command, cwd=folder, check=True, capture_output=True)
+            best["command"] = min(best["command"], time.perf_counter() - start)
+            best["surface-distance"] = min(best["surface-distance"],
+                                           run_surface_distance(pair["pred"], pair["ref"], spacing_zyx, 1)[0])
+            seconds, _ = best_time(lambda: compare_label_maps(pred, ref, pair["spacing"]), 1)
+            best["label maps"] = min(best["label maps"], seconds)
+        best["files"] = sorted(p.name for p in (folder / "report").iterdir())
+    best["argv"] = " ".join(command[3:])
+    return best
+
+
+def lscpu_machine() -> str:
+    """'model, N CPUs (`nproc`: M)' from lscpu where it exists."""
+    fields = {}
+    try:
+        for line in subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout.splitlines():
+            key, _, value = line.partition(":")
+            fields[key.strip()] = value.strip()
+    except (OSError, subprocess.CalledProcessError):
+        pass
+    model = fields.get("Model name", cpu_model())
+    return f"{model}, {fields.get('CPU(s)', os.cpu_count())} CPUs (`lscpu`), `nproc`: {len(os.sched_getaffinity(0))}"
+
+
+def evaluate_section(timing: dict, repeats: int, command: str) -> str:
+    sd, whole, maps = timing["surface-distance"], timing["command"], timing["label maps"]
+    return "\n".join([
+        "## segcore evaluate", "",
+        f"Machine: {lscpu_machine()}, Python {platform.python_version()}, numpy {np.__version__}, "
+        f"surface-distance {version('surface_distance')}.",
+        f"Command: `{command}` (best of {repeats} interleaved runs). Pair: 512x512x300 small organ (sphere, "
+        "0.5 M voxels), spacing (0.7, 0.7, 1.0) mm, saved as uint8 .nrrd for the command.", "",
+        "| what is timed | time (s) | surface-distance's compute / this | target |",
+        "|---|---|---|---|",
+        f"| the whole process `segcore {timing['argv']}`: start-up, reading both files, all 17 metrics, "
+        f"CSV/JSON and the plots ({', '.join(timing['files'])}) | {whole:.3f} | {sd / whole:.2f}x "
+        f"(the command takes {whole / sd:.2f}x as long) | at most 1.5x as long |",
+        f"| SegStudies' label-map path, `compare_label_maps(pred, ref, spacing)` on the uint8 maps (every metric "
+        f"of every label) | {maps:.3f} | {sd / maps:.1f}x | at least 3x |",
+        f"| surface-distance, `compute_surface_distances` + `compute_robust_hausdorff(d, 95)` on the bool masks "
+        f"| {sd:.3f} | 1x | |", "",
+    ])
+
+
+def replace_section(text: str, section: str) -> str:
+    """`text` with the section of the same '## ' title replaced by `section` (added when missing), keeping the
+    hand-written notes below a `<!-- notes -->` marker of the old section."""
+    title = section.splitlines()[0]
+    pattern = re.compile(rf"^{re.escape(title)}\n.*?(?=^## |\Z)", re.S | re.M)
+    match = pattern.search(text)
+    notes = ""
+    if match and "<!-- notes -->" in match.group(0):
+        notes = match.group(0)[match.group(0).index("<!-- notes -->"):]
+    new = section + ("\n" + notes if notes else "\n")
+    return pattern.sub(lambda _: new, text) if match else text.rstrip("\n") + "\n\n" + new
+
+
+def metrics_section(args, command: str) -> str:
+    """Every library's HD95 time and values on every pair, as the '## Metrics' section."""
     available, unavailable = {}, []
     for name, (module, runner, definition) in LIBRARIES.items():
         if name in args.skip:
@@ -211,9 +289,7 @@ def main(argv=None) -> int:
                f"Python {platform.python_version()}, numpy {np.__version__}")
     versions = ", ".join(f"{name} {version(module)}" for name, (module, _, _) in available.items())
     definitions = "\n".join(f"- {name}: {definition}" for name, (_, _, definition) in available.items())
-    command = " ".join([os.path.relpath(sys.executable) if sys.executable.startswith(str(ROOT)) else sys.executable,
-                        "benchmarks/metrics.py", *(argv if argv is not None else sys.argv[1:])])
-    section = "\n".join([
+    return "\n".join([
         "## Metrics", "",
         f"Machine: {machine}. Versions: {versions}.", f"Command: `{command}` (best of {args.repeats} "
         "repeats; MedPy once). Time is the library's HD95 call on (pred, ref) numpy masks; SegStudies' time is "
@@ -221,18 +297,32 @@ def main(argv=None) -> int:
         "mean distances, surface Dice) in that call.", "", *lines, "",
         "HD95 definitions:", definitions, *(f"- {u}" for u in unavailable), "",
     ])
-    print(section)
-    if not args.quick and not args.no_write:
-        text = RESULTS.read_text() if RESULTS.exists() else "# Benchmark results\n\n"
-        pattern = re.compile(r"^## Metrics\n.*?(?=^## |\Z)", re.S | re.M)
-        notes = ""
-        match = pattern.search(text)
-        if match and "<!-- notes -->" in match.group(0):  # keep the hand-written explanation below the marker
-            notes = match.group(0)[match.group(0).index("<!-- notes -->"):]
-        new = section + ("\n" + notes if notes else "\n")
-        text = pattern.sub(lambda _: new, text) if match else text.rstrip("\n") + "\n\n" + new
-        RESULTS.write_text(text)
-        print(f"updated {RESULTS}")
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="small pairs only; RESULTS.md is not written")
+    parser.add_argument("--repeats", type=int, default=3, help="timed repeats per library and pair (best kept)")
+    parser.add_argument("--skip", nargs="*", default=[], choices=list(LIBRARIES), help="libraries to leave out")
+    parser.add_argument("--no-write", action="store_true", help="print the table, do not update RESULTS.md")
+    parser.add_argument("--evaluate-only", action="store_true",
+                        help="time only the whole `segcore evaluate` command against surface-distance")
+    args = parser.parse_args(argv)
+    command = " ".join([os.path.relpath(sys.executable) if sys.executable.startswith(str(ROOT)) else sys.executable,
+                        "benchmarks/metrics.py", *(argv if argv is not None else sys.argv[1:])])
+    text = RESULTS.read_text() if RESULTS.exists() else "# Benchmark results\n\n"
+    if not args.evaluate_only:
+        section = metrics_section(args, command)
+        print(section)
+        text = replace_section(text, section)
+    if not args.quick:
+        section = evaluate_section(time_evaluate_command(make_pairs(quick=False)[2], args.repeats), args.repeats,
+                                   command)
+        print(section)
+        text = replace_section(text, section)
+        if not args.no_write:
+            RESULTS.write_text(text)
+            print(f"updated {RESULTS}")
     return 0
 
 

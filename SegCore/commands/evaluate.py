@@ -11,8 +11,11 @@ median, IQR, min, max and the number of valid cases per metric). Several --pred 
 groups (models, raters, label sources) against the same references in one table and one plot.
 
 With --out DIR: DIR/metrics.csv (per case and label), DIR/summary.csv (per group, label and metric),
-DIR/metrics.json (both, with settings and definitions), DIR/boxplots.png and DIR/cases_<metric>.png.
-A short summary is printed either way. Definitions and the empty-mask policy: docs/metrics.md.
+DIR/metrics.json (both, with settings, definitions and notes) and plots: DIR/metrics.png (bars) for a single
+case, else DIR/boxplots.png and DIR/cases_<metric>.png. A short summary is printed either way, with notes on
+the inputs (values not scored, requested labels in neither file, predictions pasted onto the reference's voxel
+lattice). An image (CT, MR) given instead of a label map is refused. Definitions, the empty-mask policy and
+the notes: docs/metrics.md.
 
 examples:
   segcore evaluate --pred predictions/ --ref labels/ --out eval/
@@ -20,6 +23,9 @@ examples:
   segcore evaluate --pred unet/ vnet/ --ref labels/ --labels 1=liver 2=tumour --out compare/
   segcore evaluate --pred rater_a/ rater_b/ --group-names A B --ref consensus/ --tolerance-mm 1 --out raters/
 """
+
+
+INPUTS = ("pred", "ref")
 
 
 def add_arguments(parser) -> None:
@@ -31,7 +37,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--ref", required=True, metavar="DIR_OR_FILE", help="reference folder or file")
     parser.add_argument("--labels", nargs="+", default=None, metavar="VALUE[=NAME]",
                         help="labels to score, e.g. '1=liver 2=tumour' or '1,2' (default: the reference "
-                             ".seg.nrrd segments, else every non-zero value present)")
+                             ".seg.nrrd segments and every non-zero value present)")
     parser.add_argument("--out", default=None, metavar="DIR",
                         help="write tables and plots here (a new or empty folder, or an earlier report)")
     parser.add_argument("--group-names", nargs="+", default=None, metavar="NAME",

@@ -20,7 +20,8 @@ from SegCore.metrics.definitions import (
     STATUSES,
     MetricInfo,
 )
-from SegCore.metrics.evaluate import Evaluation, evaluate, place_on_grid, read_labels
+from SegCore.metrics.evaluate import Evaluation, evaluate
+from SegCore.metrics.inputs import LabelFile, image_sign, label_values, read_labels
 from SegCore.metrics.overlap import OverlapCounts, overlap_metrics
 from SegCore.metrics.report import write_report
 from SegCore.metrics.summary import describe, summarise
@@ -34,6 +35,7 @@ __all__ = [
     "STATUSES",
     "CasePair",
     "Evaluation",
+    "LabelFile",
     "MetricInfo",
     "OverlapCounts",
     "SurfaceDistances",
@@ -44,9 +46,10 @@ __all__ = [
     "evaluate",
     "find_cases",
     "image_diagonal_mm",
+    "image_sign",
+    "label_values",
     "overlap_metrics",
     "pair_cases",
-    "place_on_grid",
     "read_labels",
     "summarise",
     "surface_distances",

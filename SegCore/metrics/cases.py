@@ -58,7 +58,8 @@ def find_cases(path: str | os.PathLike, *, what: str = "reference") -> dict[str,
     return cases
 
 
-def _listed(names: list[str]) -> str:
+def listed(names: list[str]) -> str:
+    """The first few names, comma-separated, and how many more there are."""
     return ", ".join(names[:_SHOWN]) + (f" and {len(names) - _SHOWN} more" if len(names) > _SHOWN else "")
 
 
@@ -81,11 +82,11 @@ def pair_cases(pred: str | os.PathLike, ref: str | os.PathLike, *, missing: str 
     without_pred = [name for name in refs if name not in preds]
     extra = [name for name in preds if name not in refs]
     if len(without_pred) == len(refs):
-        raise SegCoreError(f"no prediction matches a reference case by name (references: {_listed(list(refs))}; "
-                           f"predictions: {_listed(list(preds))})", path=pred,
+        raise SegCoreError(f"no prediction matches a reference case by name (references: {listed(list(refs))}; "
+                           f"predictions: {listed(list(preds))})", path=pred,
                            fix="name each prediction like its reference (case01.nii.gz <-> case01.seg.nrrd)")
     if without_pred and missing == "error":
-        raise SegCoreError(f"{len(without_pred)} reference case(s) have no prediction: {_listed(without_pred)}",
+        raise SegCoreError(f"{len(without_pred)} reference case(s) have no prediction: {listed(without_pred)}",
                            path=pred, fix="add the missing predictions, or pass --missing empty to score them as "
                                           "empty predictions, or --missing skip to leave them out")
     pairs = [CasePair(name, path, preds.get(name)) for name, path in refs.items()

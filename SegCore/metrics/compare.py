@@ -168,8 +168,9 @@ def compare_label_maps(pred: np.ndarray, ref: np.ndarray, spacing_xyz_mm=(1.0, 1
     matrix = _matrix_for(pred, ref, spacing_xyz_mm, direction)
     tolerance = _check_tolerance(tolerance_mm)
     # Crop once to everything labelled in either map (+1 voxel of background) so that each label's masks are
-    # built on the crop, not the whole image.
-    box = union_box([bounding_box(pred != 0), bounding_box(ref != 0)], pred.shape)
+    # built on the crop, not the whole image. The boxes are found on the maps themselves (non-zero is True),
+    # without a whole-image `!= 0` copy.
+    box = union_box([bounding_box(pred), bounding_box(ref)], pred.shape)
     if box is None:
         box = tuple(slice(0, 1) for _ in pred.shape)  # both all background: every label is "both empty"
     pred_crop, ref_crop = pred[box], ref[box]

@@ -39,7 +39,8 @@ def as_binary_mask(array: np.ndarray, *, what: str = "mask") -> np.ndarray:
 def bounding_box(mask: np.ndarray) -> tuple[slice, ...] | None:
     """The tight bounding box of the True voxels as one slice per axis, or None for an empty mask.
 
-    mask: bool (Z, Y, X) or (Y, X). One pass over the array for the first axis, then passes over the slab only.
+    mask: (Z, Y, X) or (Y, X), bool or a label map (non-zero counts as True, so no `!= 0` copy is needed).
+    One pass over the array for the first axis, then passes over the slab only.
     """
     boxes: list[slice] = []
     view = mask

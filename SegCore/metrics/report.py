@@ -10,22 +10,17 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from SegCore.atomic import atomic_dir
+from SegCore.atomic import atomic_dir, refuse_overwriting_inputs
 from SegCore.errors import SegCoreError
 from SegCore.metrics.evaluate import Evaluation
-from SegCore.metrics.plots import CASE_METRICS, plot_boxes, plot_cases
+from SegCore.metrics.plots import write_plots
 from SegCore.metrics.tables import evaluation_to_json, rows_to_csv
 
 REPORT_FILES = ("metrics.csv", "summary.csv", "metrics.json")
 
 
 def _check_out_dir(out_dir: Path, inputs: list[Path]) -> None:
-    resolved = out_dir.resolve()
-    for item in inputs:
-        item = item.resolve()
-        if item == resolved or resolved in item.parents:
-            raise SegCoreError("the output folder holds the inputs and would be replaced", path=out_dir,
-                               fix="choose an output folder outside the prediction and reference folders")
+    refuse_overwriting_inputs(out_dir, inputs)
     if out_dir.exists():
         if not out_dir.is_dir():
             raise SegCoreError("a file is in the way of the output folder", path=out_dir, fix="choose a folder path")
@@ -36,7 +31,8 @@ def _check_out_dir(out_dir: Path, inputs: list[Path]) -> None:
 
 def write_report(evaluation: Evaluation, out_dir: str | os.PathLike, *, plots: bool = True) -> list[Path]:
     """Write metrics.csv (per case and label), summary.csv (per group, label, metric), metrics.json (all of it
-    with settings and definitions) and, with `plots`, boxplots.png and cases_<metric>.png. Returns the paths."""
+    with settings and definitions) and, with `plots`, the plots that suit the cohort (`plots.write_plots`:
+    metrics.png for one case per group, else boxplots.png and cases_<metric>.png). Returns the paths."""
     out_dir = Path(out_dir)
     inputs = [Path(p) for p in evaluation.settings.get("predictions", {}).values()]
     inputs.append(Path(evaluation.settings.get("reference", out_dir / "__none__")))
@@ -46,10 +42,6 @@ def write_report(evaluation: Evaluation, out_dir: str | os.PathLike, *, plots: b
         rows_to_csv(evaluation.rows, tmp / "metrics.csv")
         rows_to_csv(evaluation.summary, tmp / "summary.csv")
         evaluation_to_json(evaluation, tmp / "metrics.json")
-        if plots and evaluation.rows:
-            plot_boxes(evaluation.rows, tmp / "boxplots.png")
-            names.append("boxplots.png")
-            for metric in CASE_METRICS:
-                plot_cases(evaluation.rows, tmp / f"cases_{metric}.png", metric)
-                names.append(f"cases_{metric}.png")
+        if plots:
+            names.extend(write_plots(evaluation.rows, tmp))
     return [out_dir / name for name in names]
