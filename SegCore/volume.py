@@ -179,6 +179,40 @@ class Volume:
         return cls(array, Grid.from_ijk_to_ras(affine_ras, array.shape[-3:]))
 
 
+def place_on_grid(volume: Volume, grid: Grid) -> Volume | None:
+    """`volume` pasted onto `grid` when both are one voxel lattice (a .seg.nrrd saved cropped to its segments, a
+    label map cropped around an organ), else None. Exact: voxels are copied, never interpolated.
+
+    volume: (Z, Y, X). The lattices match when spacing and direction agree within `SPACING_RTOL` and
+    `DIRECTION_ATOL` and `volume`'s origin lies within `ORIGIN_ATOL_MM` of a voxel centre of `grid` (the
+    tolerances of `Grid.mismatch`). Voxels of `grid` that `volume` does not cover are 0. Returns None too when
+    a non-zero voxel of `volume` falls outside `grid`: pasting would lose it.
+    """
+    if volume.array.ndim != 3:
+        raise SegCoreError(f"only a (Z, Y, X) volume can be placed on a grid, got shape {volume.array.shape}")
+    source = volume.grid
+    if not (np.allclose(source.spacing_xyz_mm, grid.spacing_xyz_mm, rtol=SPACING_RTOL, atol=0)
+            and np.allclose(source.direction_lps, grid.direction_lps, rtol=0, atol=DIRECTION_ATOL)):
+        return None
+    shift_ijk = np.round(grid.lps_to_index(source.origin_lps)[0])
+    if not np.allclose(grid.index_to_lps(shift_ijk)[0], source.origin_lps, rtol=0, atol=ORIGIN_ATOL_MM):
+        return None  # between voxel centres: another lattice
+    start_zyx = shift_ijk.astype(int)[::-1]
+    out = np.zeros(grid.shape_zyx, dtype=volume.array.dtype)
+    src, dst = [], []
+    for start, size, full in zip(start_zyx, volume.array.shape, grid.shape_zyx, strict=True):
+        low, high = max(start, 0), min(start + size, full)
+        if low >= high:  # no overlap at all
+            return Volume(out, grid) if not volume.array.any() else None
+        dst.append(slice(low, high))
+        src.append(slice(low - start, high - start))
+    inside = volume.array[tuple(src)]
+    if inside.shape != volume.array.shape and np.count_nonzero(inside) != np.count_nonzero(volume.array):
+        return None
+    out[tuple(dst)] = inside
+    return Volume(out, grid)
+
+
 def to_sitk(volume: Volume):
     """A (Z, Y, X) volume as a SimpleITK image (same geometry); a (C, Z, Y, X) one as a vector image."""
     import SimpleITK as sitk
@@ -212,7 +246,9 @@ def resample_to_grid(volume: Volume, grid: Grid, *, interpolation: str = "neares
 
     interpolation: 'nearest' for labels (values are preserved exactly), 'linear' for images.
     Multi-channel volumes are resampled channel by channel. Returns a volume whose array has the dtype of
-    the input (linear results are cast back for integer inputs after rounding).
+    the input. Integer inputs (CT in HU as int16, say) are interpolated in float64, then rounded half to even
+    (np.rint: -1000.5 -> -1000, 6.5 -> 6, 7.5 -> 8, so a dataset does not drift up or down by half a unit) and
+    clipped to the dtype's range; `fill_value` (outside the source) is clipped to that range too.
     """
     import SimpleITK as sitk
 
@@ -228,9 +264,18 @@ def resample_to_grid(volume: Volume, grid: Grid, *, interpolation: str = "neares
     if source.dtype == bool:
         source = source.astype(np.uint8)
     image = to_sitk(volume.with_array(source))
+    integer = np.issubdtype(source.dtype, np.integer)
+    if integer:  # ITK would cast an out-of-range fill value with wrap-around
+        info = np.iinfo(source.dtype)
+        fill_value = min(max(fill_value, info.min), info.max)
+    # ITK casts an interpolated value to an integer pixel type by truncation (6.6 -> 6, -1.5 -> -1): interpolate
+    # in float64 instead and round here.
+    float64 = integer and interpolation == "linear"
     out = sitk.Resample(image, reference, sitk.Transform(), methods[interpolation], float(fill_value),
-                        image.GetPixelID())
+                        sitk.sitkFloat64 if float64 else image.GetPixelID())
     array = sitk.GetArrayFromImage(out)
+    if float64:
+        array = np.clip(np.rint(array), info.min, info.max).astype(source.dtype)
     if volume.array.dtype == bool:
         array = array.astype(bool)
     return Volume(array, grid)

@@ -11,8 +11,9 @@ import pytest
 import torch
 
 from SegCore.cli import main
-from SegCore.commands.models import describe_model, estimate_training_step
-from SegCore.models import MODELS, build_model
+from SegCore.commands.models import describe_model
+from SegCore.models import MODELS, build_model, training_step_memory
+from SegCore.models.memory import estimate_training_step
 
 
 def segcore(*args: str, cwd=None) -> subprocess.CompletedProcess:
@@ -115,6 +116,18 @@ def test_a_network_that_crops_is_estimated_by_parts():
     parameters = (2 * 9 + 2) + (3 + 3)
     activations = 64 + 2 * 64 + 3 * 64  # the input once, then each part on the full 8x8 input
     assert estimate == 4 * (4 * parameters + 2 * activations)
+
+
+def test_the_command_reports_what_the_models_stage_computes(capsys):
+    # The Trainer imports training_step_memory from SegCore.models; the command must print the same numbers.
+    code, out, err = in_process(capsys, "--json", "--model", "vnet", "--model", "rstn", "--small", "--batch", "2",
+                                "--device", "cpu")
+    assert code == 0, err
+    for row in json.loads(out):
+        spec = MODELS[row["name"]]
+        expected = training_step_memory(spec.builder, {**spec.defaults, **spec.small}, tuple(row["input_shape"]))
+        assert (row["memory_bytes"], row["memory_method"]) == expected
+    assert [row["memory_method"] for row in json.loads(out)] == ["estimated", "estimated-by-parts"]
 
 
 def test_full_size_3d_estimates_are_quick():

@@ -20,14 +20,14 @@ hooks, and the estimate is 4 x parameters (weights, gradients, Adam m and v) + 2
 for backward, and their gradients). A network that crops around its own prediction (RSTN) is estimated "by
 parts": each child module on the full input. The estimate ignores convolution workspaces and allocator
 rounding, and counts every layer output whether autograd keeps it or not (see docs/models.md for how it
-compares with real runs). The table says which method each row used.
+compares with real runs). The table says which method each row used, and which device it ran on.
 
 examples:
   segcore models                                   # every network, published sizes, estimated memory
   segcore models --batch 8 --model unet2d          # one network, batch of 8
   segcore models --input-size 256 256 --input-size 96 96 96   # 2D inputs 256x256, 3D inputs 96^3
   segcore models --small --json                    # the tiny test versions, as JSON
-  segcore models --device cuda                     # measure on the GPU
+  segcore models --device cuda                     # measure on the first GPU (cuda:1: the second)
 """
 
 MIB = 2 ** 20
@@ -42,7 +42,8 @@ def add_arguments(parser) -> None:
                              "network's typical training input)")
     parser.add_argument("--batch", type=int, default=2, help="batch size of the training step (default 2)")
     parser.add_argument("--device", default="auto",
-                        help="auto | cpu | cuda | cuda:N: CUDA measures, anything else estimates (default auto)")
+                        help="auto | cpu | cuda | cuda:N | mps: CUDA measures, anything else estimates (default "
+                             "auto: cuda:0 if there is a GPU, else mps, else cpu)")
     parser.add_argument("--small", action="store_true", help="the tiny CPU versions used by the tests and demo")
     parser.add_argument("--json", action="store_true", help="print JSON (a list of objects) instead of a table")
 
@@ -52,191 +53,54 @@ def run(args, progress) -> None:
         raise SegCoreError(f"--batch must be >= 1, got {args.batch}", fix="pass --batch 1 or more")
     sizes = _input_sizes(args.input_size or [])
 
-    import torch
-
+    from SegCore.devices import resolve_device
     from SegCore.models import MODELS
 
     names = args.model or sorted(MODELS)
     unknown = [n for n in names if n not in MODELS]
     if unknown:
         raise SegCoreError(f"unknown model(s) {', '.join(unknown)}", fix=f"use one of {', '.join(sorted(MODELS))}")
-    device = _device(args.device, torch)
-    rows = [describe_model(name, spatial=sizes.get(MODELS[name].spatial_dims), batch=args.batch, device=device,
-                           small=args.small) for name in names]
-    print(json.dumps(rows, indent=2) if args.json else models_table(rows))
+    device = resolve_device(args.device)
+    rows = [describe_model(name, spatial_zyx=sizes.get(MODELS[name].spatial_dims), batch=args.batch,
+                           device=device.name, small=args.small) for name in names]
+    print(json.dumps(rows, indent=2) if args.json else models_table(rows, device.summary()))
     failed = [row for row in rows if row["error"]]
     if failed:
         raise SegCoreError(f"{len(failed)} network(s) could not run: "
                            + " ".join(f"{row['name']}: {row['error']}" for row in failed))
 
 
-def describe_model(name: str, *, spatial: tuple[int, ...] | None = None, batch: int = 2, device: str = "cpu",
+def describe_model(name: str, *, spatial_zyx: tuple[int, ...] | None = None, batch: int = 2, device: str = "cpu",
                    small: bool = False) -> dict:
-    """One table row: name, study, spatial_dims, parameters, input_shape (B, C, *spatial), memory_bytes,
-    memory_method ("measured-cuda", "estimated" or "estimated-by-parts"), error (None, or why it could not run)."""
+    """One table row: name, study, spatial_dims, parameters, input_shape (B, C, *spatial_zyx), memory_bytes,
+    memory_method ("measured-cuda", "estimated" or "estimated-by-parts"), device, error (None, or why it could not
+    run), summary.
+
+    spatial_zyx: the input's spatial size in array order, (Y, X) for a 2D network or (Z, Y, X) for a 3D one;
+    None = the network's `example_input`. device: a resolved torch device string (SegCore.devices).
+    """
     import torch
 
     from SegCore.models import MODELS
+    from SegCore.models.memory import build_on_meta, training_step_memory
 
     spec = MODELS[name]
     kwargs = {**spec.defaults, **(spec.small if small else {})}
     channels, *example = spec.example_input
-    shape = (batch, channels, *(spatial or example))
+    shape = (batch, channels, *(spatial_zyx or example))
     row = {"name": name, "study": spec.study, "spatial_dims": spec.spatial_dims, "parameters": None,
-           "input_shape": list(shape), "memory_bytes": None, "memory_method": None, "error": None,
+           "input_shape": list(shape), "memory_bytes": None, "memory_method": None, "device": device, "error": None,
            "summary": spec.summary}
     try:
-        model = _build_on_meta(spec.builder, kwargs)
+        model = build_on_meta(spec.builder, kwargs)
         row["parameters"] = sum(p.numel() for p in model.parameters())
-        if device.startswith("cuda"):
-            row["memory_bytes"] = measure_training_step_cuda(spec.builder, kwargs, shape, device)
-            row["memory_method"] = "measured-cuda"
-        else:
-            row["memory_bytes"], row["memory_method"] = estimate_training_step(spec.builder, kwargs, shape, model)
+        row["memory_bytes"], row["memory_method"] = training_step_memory(spec.builder, kwargs, shape,
+                                                                         device=device, model=model)
     except SegCoreError as error:
         row["error"] = str(error)
     except torch.cuda.OutOfMemoryError:
         row["error"] = f"out of GPU memory on {device}"
     return row
-
-
-def _build_on_meta(builder, kwargs: dict):
-    """Build on the meta device (no memory, instant even for big 3D networks); on CPU if a layer refuses meta."""
-    import torch
-
-    try:
-        with torch.device("meta"):
-            return builder(**kwargs)
-    except (NotImplementedError, RuntimeError):
-        return builder(**kwargs)
-
-
-def estimate_training_step(builder, kwargs: dict, shape: tuple[int, ...], model=None) -> tuple[int, str]:
-    """Bytes of one float32 training step: 4 x parameters + 2 x (input + every layer's output).
-
-    A forward pass on the meta device (shapes only: exact sizes, instant, no memory): method "estimated".
-    A network whose forward needs real values cannot run there (RSTN crops around a mask); it is estimated as
-    the sum of its direct parts (child modules), each run on the meta device on an input shaped like the
-    network's: method "estimated-by-parts". For RSTN that is its largest case, the fine stage seeing the
-    whole image.
-    """
-    model = model if model is not None else _build_on_meta(builder, kwargs)
-    parameters = sum(p.numel() for p in model.parameters())
-    try:
-        activations, method = _activation_elements(model, shape), "estimated"
-    except (NotImplementedError, RuntimeError) as error:
-        parts = list(model.children())
-        try:
-            if not parts or any(not _callable_part(part) for part in parts):
-                raise error
-            by_parts = sum(_activation_elements(part, shape) for part in parts)
-        except (NotImplementedError, RuntimeError) as part_error:
-            raise SegCoreError(f"cannot estimate the memory of {type(model).__name__} without running it "
-                               f"({str(part_error).splitlines()[0]})",
-                               fix="run on a CUDA device (--device cuda) to measure it") from error
-        activations = by_parts - (len(parts) - 1) * _numel(shape)  # the shared input counted once
-        method = "estimated-by-parts"
-    return 4 * (4 * parameters + 2 * activations), method
-
-
-def _callable_part(module) -> bool:
-    import torch
-
-    return not isinstance(module, (torch.nn.ModuleList, torch.nn.ModuleDict))
-
-
-def _numel(shape: tuple[int, ...]) -> int:
-    import math
-
-    return math.prod(shape)
-
-
-def _activation_elements(model, shape: tuple[int, ...]) -> int:
-    """Elements of the input and of every leaf layer's output in one forward pass in train() mode.
-
-    Runs on the model's device (meta: shapes only). Outputs of in-place layers (ReLU(inplace=True)) and of
-    Identity share their input's memory and are not counted. A forward that takes a `label` (RSTN's training
-    forward) gets an all-ones label shaped like the input.
-    """
-    import torch
-
-    counted = [_numel(shape)]
-
-    def record(module, inputs, output):
-        if getattr(module, "inplace", False) or isinstance(module, torch.nn.Identity):
-            return
-        counted.extend(t.numel() for t in _tensors(output))
-
-    device = next(model.parameters()).device
-    hooks = [m.register_forward_hook(record) for m in model.modules() if not list(m.children())]
-    try:
-        model.train()
-        with torch.no_grad():
-            model(torch.ones(shape, device=device), **_label_argument(model, shape, device))
-    finally:
-        for hook in hooks:
-            hook.remove()
-    return sum(counted)
-
-
-def _label_argument(model, shape: tuple[int, ...], device) -> dict:
-    """{"label": ones like the input} for a forward that takes a label (RSTN's training modes), else {}."""
-    import inspect
-
-    import torch
-
-    return {"label": torch.ones(shape, device=device)} if "label" in inspect.signature(model.forward).parameters \
-        else {}
-
-
-def measure_training_step_cuda(builder, kwargs: dict, shape: tuple[int, ...], device: str) -> int:
-    """Peak bytes allocated on `device` during two Adam steps (forward, backward, update) on random data."""
-    import torch
-
-    torch.cuda.empty_cache()
-    before = torch.cuda.memory_allocated(device)
-    torch.cuda.reset_peak_memory_stats(device)
-    model = builder(**kwargs).to(device).train()
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
-    x = torch.rand(shape, device=device)
-    extra = _label_argument(model, shape, device)
-    try:
-        for _ in range(2):  # the second step holds activations and Adam state at once
-            optimizer.zero_grad(set_to_none=True)
-            loss = sum(t.float().mean() for t in _tensors(model(x, **extra)) if t.is_floating_point())
-            loss.backward()
-            optimizer.step()
-        torch.cuda.synchronize(device)
-        return int(torch.cuda.max_memory_allocated(device) - before)
-    finally:
-        del model, optimizer, x
-        torch.cuda.empty_cache()
-
-
-def _tensors(output) -> list:
-    """Every tensor in a forward output (a tensor, or tuples/lists/dicts of them)."""
-    import torch
-
-    if isinstance(output, torch.Tensor):
-        return [output]
-    if isinstance(output, dict):
-        output = list(output.values())
-    if isinstance(output, (list, tuple)):
-        return [t for item in output for t in _tensors(item)]
-    return []
-
-
-def _device(choice: str, torch) -> str:
-    if choice == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if choice.startswith("cuda"):
-        if not torch.cuda.is_available():
-            raise SegCoreError(f"--device {choice}: no CUDA device here",
-                               fix="use --device cpu (memory is then estimated) or run on a GPU machine")
-        return choice
-    if choice in ("cpu", "mps"):
-        return choice
-    raise SegCoreError(f"unknown --device {choice!r}", fix="use auto, cpu, cuda or cuda:N")
 
 
 def _input_sizes(values: list[list[int]]) -> dict[int, tuple[int, ...]]:
@@ -257,8 +121,9 @@ def _input_sizes(values: list[list[int]]) -> dict[int, tuple[int, ...]]:
     return sizes
 
 
-def models_table(rows: list[dict]) -> str:
-    """Rows of `describe_model` as an aligned text table, with the memory method and any errors below."""
+def models_table(rows: list[dict], device: str | None = None) -> str:
+    """Rows of `describe_model` as an aligned text table, with the device, the memory method and any errors
+    below. device: a line naming it (SegCore.devices.DeviceInfo.summary())."""
     header = ("network", "study", "dims", "parameters", "input (B, C, *spatial)", "train-step memory")
     lines = []
     for row in rows:
@@ -272,6 +137,8 @@ def models_table(rows: list[dict]) -> str:
     text = [format_table([header, *lines])]
     methods = {row["memory_method"] for row in rows}
     text += ["", "memory: float32, one training step (forward + backward + Adam state)."]
+    if device:
+        text.append(f"device: {device}")
     if "measured-cuda" in methods:
         text.append("measured: peak of torch.cuda.max_memory_allocated over two Adam steps on random data.")
     if methods & {"estimated", "estimated-by-parts"}:
