@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from SegCore.errors import SegCoreError
+from SegCore.failures import os_error
 
 # Suffixes that must survive in the temporary name because writers choose the format from them.
 _DOUBLE_SUFFIXES = (".nii.gz", ".seg.nrrd", ".tar.gz")
@@ -128,23 +129,13 @@ def _make_parents(target: Path) -> None:
                                    fix="choose an output path whose parent folders are folders") from None
             continue
         except OSError as error:
-            raise _unwritable(folder.parent, error) from None
+            raise os_error(error, folder.parent, writing=True) from None
         scope = _scope.get()
         if scope is not None and not any(s == folder or s in folder.parents for s in scope.staging):
             scope.created_folders.append(folder)
     if not target.parent.is_dir():
         raise SegCoreError("a file is in the way of the output's folder", path=target.parent,
                            fix="choose an output path whose parent folders are folders")
-
-
-def _unwritable(folder: Path, error: OSError) -> SegCoreError:
-    if error.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
-        return SegCoreError("permission denied: cannot write in this folder", path=folder,
-                            fix="choose an output folder you can write to, or change its permissions")
-    if error.errno == errno.ENOSPC:
-        return SegCoreError("no space left on the device", path=folder, fix="free some space or write elsewhere")
-    return SegCoreError(f"cannot write here ({error.strerror or error})", path=folder,
-                        fix="choose another output folder")
 
 
 def _process_alive(pid: int) -> bool:
@@ -210,7 +201,7 @@ def atomic_file(path: str | os.PathLike) -> Iterator[Path]:
         handle, tmp_name = tempfile.mkstemp(prefix=_temp_prefix(target), suffix=f".tmp{file_suffix(target)}",
                                             dir=target.parent)
     except OSError as error:
-        raise _unwritable(target.parent, error) from None
+        raise os_error(error, target.parent, writing=True) from None
     os.close(handle)
     tmp = Path(tmp_name)
     try:
@@ -233,7 +224,7 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
     try:
         tmp = Path(tempfile.mkdtemp(prefix=_temp_prefix(target), suffix=".tmp", dir=target.parent))
     except OSError as error:
-        raise _unwritable(target.parent, error) from None
+        raise os_error(error, target.parent, writing=True) from None
     old = None
     scope = _scope.get()
     if scope is not None:

@@ -20,9 +20,8 @@ from SegCore.errors import SegCoreError
 
 LOG_DIR_VARIABLE = "SEGCORE_LOG_DIR"
 
-_OS_FIXES = {
-    errno.EACCES: ("permission denied", "check the permissions, or choose a path you can read or write"),
-    errno.EPERM: ("permission denied", "check the permissions, or choose a path you can read or write"),
+_PERMISSION = (errno.EACCES, errno.EPERM)
+_OS_PROBLEMS = {  # errno -> (problem, fix), for both reading and writing
     errno.EROFS: ("the file system is read-only", "write the output somewhere else"),
     errno.ENOSPC: ("no space left on the device", "free some space or write the output elsewhere"),
     errno.ELOOP: ("the path runs into a loop of symbolic links", "repair or remove the looping link"),
@@ -31,6 +30,30 @@ _OS_FIXES = {
     errno.ENOENT: ("not found", "check the path (and the working directory)"),
     errno.EMFILE: ("too many open files", "raise the limit (ulimit -n) or use fewer workers"),
 }
+if hasattr(errno, "EDQUOT"):  # not on Windows
+    _OS_PROBLEMS[errno.EDQUOT] = ("the disk quota is exceeded", "free some space or write the output elsewhere")
+
+
+def os_error(error: OSError, path: str | os.PathLike | None = None, *, writing: bool = False,
+             what: str = "file") -> SegCoreError:
+    """The one translation of an OSError into a SegCoreError naming `path` (else the error's own file name).
+
+    writing: the failure came from creating an output in the folder `path` (permission then means that folder).
+    what: what `path` is, for the message ('file', 'folder', 'dataset folder').
+    """
+    where = path if path is not None else error.filename
+    if error.errno in _PERMISSION:
+        if writing:
+            return SegCoreError("permission denied: this user may not write in this folder", path=where,
+                                fix="choose an output folder you can write to, or change its permissions")
+        return SegCoreError(f"permission denied: this user may not read the {what} (or a folder above it)",
+                            path=where, fix="make it readable for this user (chmod / chown), or run as one who may")
+    if error.errno in _OS_PROBLEMS:
+        problem, fix = _OS_PROBLEMS[error.errno]
+        return SegCoreError(problem, path=where, fix=fix)
+    verb = "write in" if writing else "open"
+    return SegCoreError(f"cannot {verb} the {what}: {error.strerror or error}", path=where,
+                        fix="check the path and the disk")
 
 
 @dataclass(frozen=True)
@@ -75,14 +98,9 @@ def describe(error: BaseException) -> Failure:
     if isinstance(error, MemoryError):
         return Failure("out of memory (RAM). Fix: use smaller inputs or batches, or a machine with more memory.",
                        "system")
-    if isinstance(error, OSError) and error.errno in _OS_FIXES:
-        problem, fix = _OS_FIXES[error.errno]
-        where = error.filename if error.filename is not None else _where(error)
-        return Failure(str(SegCoreError(problem, path=where, fix=fix)), "system")
     if isinstance(error, OSError):
-        where = error.filename if error.filename is not None else _where(error)
-        return Failure(str(SegCoreError(f"{error.strerror or type(error).__name__}", path=where,
-                                        fix="check the file and the disk")), "system")
+        return Failure(str(os_error(error, error.filename if error.filename is not None else _where(error))),
+                       "system")
     text = " ".join(str(error).split()) or "no message"
     return Failure(f"internal error {type(error).__name__} at {_where(error)}: {text}. This is a bug in SegCore. "
                    "Fix: report it with the log file named here.", "internal")

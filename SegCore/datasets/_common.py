@@ -8,7 +8,8 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from SegCore.errors import SegCoreError
-from SegCore.io.checks import IMAGE_READ_SUFFIXES, SEGMENTATION_SUFFIX, os_problem, stat_input
+from SegCore.failures import os_error
+from SegCore.io.checks import IMAGE_READ_SUFFIXES, SEGMENTATION_SUFFIX, stat_input
 
 # Image formats a layout may hold (read through SegCore.io); '.seg.nrrd' only as labels.
 IMAGE_SUFFIXES = IMAGE_READ_SUFFIXES
@@ -39,7 +40,7 @@ def check_root(root: str | Path) -> Path:
     try:
         os.scandir(root).close()
     except OSError as error:
-        raise os_problem(root, error, "dataset folder") from error
+        raise os_error(error, root, what="dataset folder") from error
     return root
 
 

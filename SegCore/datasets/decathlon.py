@@ -15,7 +15,7 @@ from SegCore.atomic import file_stem
 from SegCore.datasets._common import check_root, check_unique_ids, list_names
 from SegCore.datasets.case import Case, Dataset, ImageSource, LabelRule
 from SegCore.errors import SegCoreError
-from SegCore.io.checks import os_problem
+from SegCore.failures import os_error
 from SegCore.studies.decathlon import LAYOUT
 
 NAME = LAYOUT.name
@@ -44,7 +44,7 @@ def _load_json(path: Path) -> dict:
         raise SegCoreError(f"cannot read dataset.json: {error}", path=path,
                            fix="repair the file (it must be the task's JSON description)") from error
     except OSError as error:
-        raise os_problem(path, error) from error
+        raise os_error(error, path) from error
     try:
         data = json.loads(text)
     except json.JSONDecodeError as error:

@@ -6,7 +6,6 @@ Formats are chosen by suffix (`SegCore.atomic.file_suffix`): '.nii.gz' and '.seg
 from __future__ import annotations
 
 import contextlib
-import errno
 import os
 import re
 import stat
@@ -18,6 +17,7 @@ import numpy as np
 
 from SegCore.atomic import add_inputs, file_suffix
 from SegCore.errors import SegCoreError
+from SegCore.failures import os_error
 
 # suffix -> (what it is, readable, writable). '.mhd' and '.nhdr' keep their voxels in a second file, which
 # cannot be replaced atomically together with the header, so SegCore reads them but writes '.mha' / '.nrrd'.
@@ -71,7 +71,7 @@ def check_input_file(path: str | os.PathLike, suffixes: tuple[str, ...] = IMAGE_
         with open(path, "rb"):
             pass
     except OSError as error:
-        raise os_problem(path, error) from error
+        raise os_error(error, path) from error
     add_inputs([path])
     return path
 
@@ -86,19 +86,7 @@ def stat_input(path: Path, what: str = "file") -> os.stat_result:
                                path=path, fix="repair the link or pass the file it should point to") from error
         raise SegCoreError(f"{what} not found", path=path, fix="check the path (and the working directory)") from error
     except OSError as error:
-        raise os_problem(path, error, what) from error
-
-
-def os_problem(path: str | os.PathLike, error: OSError, what: str = "file") -> SegCoreError:
-    """The error for an input the operating system will not open: permission denied, a loop of symbolic links."""
-    if error.errno in (errno.EACCES, errno.EPERM):
-        return SegCoreError(f"permission denied: this user may not read the {what} (or a folder above it)",
-                            path=path, fix="make it readable for this user (chmod / chown), or run as one who may")
-    if error.errno == errno.ELOOP:
-        return SegCoreError("the path runs into a loop of symbolic links", path=path,
-                            fix="repair or remove the looping link")
-    return SegCoreError(f"cannot open the {what}: {error.strerror or error}", path=path,
-                        fix="check the path and the disk")
+        raise os_error(error, path, what=what) from error
 
 
 def check_finite(array: np.ndarray, path: str | os.PathLike) -> None:

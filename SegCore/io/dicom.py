@@ -23,7 +23,8 @@ import numpy as np
 
 from SegCore.atomic import add_inputs
 from SegCore.errors import SegCoreError
-from SegCore.io.checks import library_message, naming, os_problem, stat_input
+from SegCore.failures import os_error
+from SegCore.io.checks import library_message, naming, stat_input
 from SegCore.volume import Grid, Volume
 
 # Slice positions may deviate from a uniform step by this fraction of the step (scanners round positions to
@@ -93,7 +94,7 @@ def _scan(folder: Path) -> dict[str, list[_Slice]]:
         paths = [p for p in sorted(folder.iterdir())
                  if not p.name.startswith(".") and p.is_file() and p.name.upper() != "DICOMDIR"]
     except OSError as error:
-        raise os_problem(folder, error, "folder") from error
+        raise os_error(error, folder, what="folder") from error
     return _scan_files(paths)
 
 
@@ -133,8 +134,8 @@ def _check_not_an_image(path: Path, error: RuntimeError) -> None:
     try:
         with open(path, "rb") as stream:
             head = stream.read(1 << 16)
-    except OSError as os_error:
-        raise os_problem(path, os_error) from os_error
+    except OSError as error_of_os:
+        raise os_error(error_of_os, path) from error_of_os
     marked = head[128:132] == b"DICM"
     if not marked and path.suffix.lower() != ".dcm":
         return

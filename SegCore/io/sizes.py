@@ -231,7 +231,7 @@ def _meta_claim(path: Path) -> _Claim | None:
 
 def _data_file(header: Path, name: str, field: str) -> Path:
     """The detached data file `name` (relative to the header's folder), checked to exist and be readable."""
-    from SegCore.io.checks import os_problem
+    from SegCore.failures import os_error
 
     data_file = header.parent / name
     try:
@@ -242,5 +242,5 @@ def _data_file(header: Path, name: str, field: str) -> Path:
                            path=header, fix=f"put {Path(name).name} where the header says, or correct {field}"
                            ) from error
     except OSError as error:
-        raise os_problem(data_file, error) from error
+        raise os_error(error, data_file) from error
     return data_file
