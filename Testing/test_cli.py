@@ -5,6 +5,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from SegCore.cli import COMMANDS
@@ -77,3 +78,20 @@ def test_json_mode_stdout_is_only_json_lines_ending_with_the_result(tmp_path):
     assert [e["step"] for e in events if e["event"] == "progress"] == [1, 2]
     assert events[-1] == {"event": "result", "command": "phantoms", "files": [str(out)]}
     assert "wrote 2 atrium phantom case(s)" in result.stderr  # the text for people still shows
+
+
+def test_inspect_reads_sizes_in_the_spacing_order_and_explains_the_label_rule(tmp_path):
+    from SegCore.io import read_image
+
+    data = tmp_path / "LA"
+    assert segcore("phantoms", "--study", "atrium", "--out", str(data), "--cases", "1").returncode == 0
+    result = segcore("inspect", str(data), "--out", str(tmp_path / "fp"))
+    assert result.returncode == 0, result.stderr
+    image = next(data.rglob("lgemri.nrrd"))
+    z, y, x = read_image(image).array.shape
+    header, row = result.stdout.splitlines()[1], result.stdout.splitlines()[3]
+    assert "size (x,y,z)" in header and "spacing (x,y,z mm)" in header
+    assert f"{x} x {y} x {z}" in row
+    laendo = np.unique(read_image(next(data.rglob("laendo.nrrd"))).array)
+    assert laendo.tolist() == [0, 255]  # the file stores 0/255; the table shows what is read, and says so
+    assert "stored 255 is read as 1" in result.stdout
