@@ -1,0 +1,234 @@
+"""Batches for training: cached cases -> sampler -> augmentation -> torch tensors, reproducible to the sample.
+
+    cached = CaseCache(Path("cache"), preprocessing).prepare(cases, progress)
+    loader = build_loader(cached, Sampler(spec), augmentation, batch_size=2, steps_per_epoch=250, seed=0,
+                          workers=default_workers())
+    for images, labels in loader.epoch(epoch, start_step=0):   # (B, C, *spatial) float32, (B, *spatial) int64
+
+Sample i of the batch of `step` on `rank` is global sample n = step * batch_size * world_size + rank * batch_size
++ i of the epoch, and every random choice for it (case, window, augmentation) comes from
+`np.random.default_rng([seed, epoch, n])`. So the batches do not depend on the number of workers, `start_step`
+resumes an epoch exactly where a checkpoint left it, and the ranks of a distributed run take disjoint shares of
+the same global batch that one process with `batch_size * world_size` would draw. Workers are seeded from
+(seed, rank, worker) too, only to keep code that uses global generators repeatable; the DataLoader gets its own
+torch generator so it never draws from the main process's global one.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import random
+import signal
+from collections.abc import Iterator, Sequence
+
+import numpy as np
+import torch
+
+from SegCore.errors import SegCoreError
+from SegCore.losses.class_weights import class_weights_from_frequencies
+from SegCore.training.cache import CachedCase, CaseCache
+from SegCore.training.samplers import Sampler
+
+__all__ = ["CachedCase", "CaseCache", "Loader", "Sampler", "build_loader", "class_weights_for", "default_workers"]
+
+
+def default_workers() -> int:
+    """Worker processes for a machine: half its cores (the other half runs the network step), 1 to 8."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, min(8, cores // 2))
+
+
+def _seed_worker(worker_id: int, *, seed: int, rank: int) -> None:
+    # Ctrl-C and SIGTERM reach the whole process group; the main process stops the run cleanly at a step
+    # boundary and then ends its workers, so a worker must not die of them first (the run would end 'failed').
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    state = np.random.SeedSequence([seed, rank, worker_id]).generate_state(2)
+    np.random.seed(int(state[0]))
+    random.seed(int(state[1]))
+    torch.manual_seed(int(state[0]))
+    torch.set_num_threads(1)  # each worker is one core's worth of work; more threads only fight the main process
+
+
+class _Batches(torch.utils.data.Dataset):
+    """Map-style dataset of whole batches: item (epoch, step) -> (images, labels, info)."""
+
+    def __init__(self, cases, sampler, augmentation, batch_size, seed, rank, world_size):
+        self.cases, self.sampler, self.augmentation = cases, sampler, augmentation
+        self.batch_size, self.seed, self.rank, self.world_size = batch_size, seed, rank, world_size
+
+    def sample(self, epoch: int, n: int) -> tuple[np.ndarray, np.ndarray, dict]:
+        rng = np.random.default_rng([self.seed, epoch, n])
+        case = self.cases[int(rng.integers(len(self.cases)))]
+        image, label, info = self.sampler.sample(case, self.augmentation, rng)
+        return image, label, {**info, "weight": case.weight, "pseudo": case.pseudo}
+
+    def __getitem__(self, item: tuple[int, int]):
+        epoch, step = item
+        first = (step * self.world_size + self.rank) * self.batch_size
+        try:
+            samples = [self.sample(epoch, first + i) for i in range(self.batch_size)]
+            shapes = {s[0].shape for s in samples}
+            if len(shapes) > 1:
+                raise SegCoreError(
+                    f"the samples of one batch differ in size ({', '.join(str(s) for s in sorted(shapes))}): "
+                    f"the {self.sampler.kind} sampler takes each case's own size",
+                    fix="use batch size 1, give the sampler a fixed size (size_yx, crop size_zyx), or pad every "
+                        "case to one size in preprocessing")
+        except SegCoreError as error:
+            return error  # re-raised by the main process as itself, not wrapped in a worker traceback
+        images = torch.empty((self.batch_size, *samples[0][0].shape), dtype=torch.float32)
+        labels = torch.empty((self.batch_size, *samples[0][1].shape), dtype=torch.int64)
+        if torch.utils.data.get_worker_info() is not None:  # in shared memory already: not copied again to send
+            images.share_memory_()
+            labels.share_memory_()
+        for i, (image, label, _) in enumerate(samples):
+            images.numpy()[i], labels.numpy()[i] = image, label
+        info = {key: [s[2][key] for s in samples] for key in ("case_id", "start_zyx", "class", "pseudo")}
+        info["weight"] = torch.tensor([s[2]["weight"] for s in samples], dtype=torch.float32)
+        info["n"] = list(range(first, first + self.batch_size))
+        return images, labels, info
+
+
+class _Steps(torch.utils.data.Sampler):
+    """The (epoch, step) items of one epoch from `start`; set before each iteration (workers stay alive)."""
+
+    def __init__(self):
+        self.epoch, self.start, self.stop = 0, 0, 0
+
+    def __iter__(self):
+        return iter([(self.epoch, step) for step in range(self.start, self.stop)])
+
+    def __len__(self) -> int:
+        return self.stop - self.start
+
+
+class Loader:
+    """The batches of every epoch (see the module docstring); built by `build_loader`."""
+
+    def __init__(self, batches: _Batches, *, steps_per_epoch: int, workers: int, pin_memory: bool):
+        self._batches = batches
+        self.steps_per_epoch = steps_per_epoch
+        self.batch_size = batches.batch_size
+        self.world_size = batches.world_size
+        self.workers = workers
+        self.pin_memory = pin_memory
+        self.sampler = batches.sampler
+        self._steps = _Steps()
+        self._loader = None
+        if workers > 0:
+            self._loader = torch.utils.data.DataLoader(
+                batches, batch_size=None, sampler=self._steps, num_workers=workers, persistent_workers=True,
+                pin_memory=pin_memory, prefetch_factor=2, generator=torch.Generator().manual_seed(batches.seed),
+                worker_init_fn=functools.partial(_seed_worker, seed=batches.seed, rank=batches.rank))
+
+    def __len__(self) -> int:
+        return self.steps_per_epoch
+
+    @property
+    def global_batch_size(self) -> int:
+        return self.batch_size * self.world_size
+
+    def epoch(self, epoch: int, start_step: int = 0, *, info: bool = False) -> Iterator[tuple]:
+        """Yield (images, labels) for steps `start_step` .. steps_per_epoch - 1 of `epoch`, in order.
+
+        images: float32 (B, C, *spatial) (C * k for 2.5D); labels: int64 (B, *spatial). With `info=True`, also a
+        dict of lists (case_id, start_zyx, class, pseudo, n: the global sample indices) and weight (B,) float32.
+        """
+        if not 0 <= start_step <= self.steps_per_epoch:  # checked now, not at the first batch
+            raise SegCoreError(f"start step {start_step} is outside the epoch's 0..{self.steps_per_epoch} steps",
+                               fix="resume from a checkpoint written with the same steps per epoch")
+        return self._iterate(epoch, start_step, info)
+
+    def _iterate(self, epoch: int, start_step: int, info: bool) -> Iterator[tuple]:
+        if self._loader is None:
+            items = (self._batches[(epoch, step)] for step in range(start_step, self.steps_per_epoch))
+        else:
+            self._steps.epoch, self._steps.start, self._steps.stop = epoch, start_step, self.steps_per_epoch
+            items = iter(self._loader)
+        for item in items:
+            if isinstance(item, SegCoreError):
+                raise SegCoreError(item.problem, path=item.path, fix=item.fix)
+            images, labels, details = item
+            if self.pin_memory and self._loader is None:
+                images, labels = images.pin_memory(), labels.pin_memory()
+            yield (images, labels, details) if info else (images, labels)
+
+
+def _whole_number(value, name: str, low: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
+        raise SegCoreError(f"{name} must be a whole number >= {low}, got {value!r}")
+    return int(value)
+
+
+def build_loader(cached: Sequence[CachedCase], sampler: Sampler, augmentation=None, *, batch_size: int,
+                 steps_per_epoch: int, seed: int, rank: int = 0, world_size: int = 1, workers: int = 0,
+                 pin_memory: bool = False, even_batch: bool = False) -> Loader:
+    """A `Loader` of `batch_size` samples per step for this rank (see the module docstring).
+
+    augmentation: a `SegCore.transforms.Augmentation` (None: `Augmentation.off()`, plain crops).
+    even_batch: the study trains on pairs; an odd `batch_size` is refused. pin_memory: only where CUDA is.
+    Checks everything before any work: an empty case list, unlabelled cases, channel counts, windows larger
+    than a case.
+    """
+    batch_size = _whole_number(batch_size, "batch size", 1)
+    steps_per_epoch = _whole_number(steps_per_epoch, "steps per epoch", 1)
+    world_size = _whole_number(world_size, "world size", 1)
+    workers = _whole_number(workers, "workers", 0)
+    rank = _whole_number(rank, "rank", 0)
+    if rank >= world_size:
+        raise SegCoreError(f"rank {rank} is not below the world size {world_size}")
+    if even_batch and batch_size % 2:
+        raise SegCoreError(f"batch size {batch_size} is odd, but this study trains on an even batch size",
+                           fix=f"use --batch {batch_size + 1} (or {batch_size - 1})" if batch_size > 1
+                           else "use --batch 2")
+    cached = list(cached)
+    if not cached:
+        raise SegCoreError("there are no training cases", fix="check the data folder and the split (fold, lists)")
+    channels = {case.num_channels for case in cached}
+    if len(channels) > 1:
+        counts = ", ".join(f"{c.case_id}: {c.num_channels}" for c in cached[:6])
+        raise SegCoreError(f"the cases have different numbers of channels ({counts})",
+                           fix="give every case the same channels, in the same order")
+    sampler.check(cached)
+    if augmentation is None:
+        from SegCore.transforms import Augmentation
+
+        augmentation = Augmentation.off()
+    batches = _Batches(cached, sampler, augmentation, batch_size, int(seed), rank, world_size)
+    return Loader(batches, steps_per_epoch=steps_per_epoch, workers=workers,
+                  pin_memory=bool(pin_memory) and torch.cuda.is_available())
+
+
+def class_weights_for(source, spec, *, num_classes: int | None = None) -> list[float] | None:
+    """Loss class weights from the training data's label frequencies, or None when `spec` asks for none.
+
+    source: a list of CachedCase (voxel counts after preprocessing), a `Fingerprint`, or a fingerprint dict
+        (its `class_fraction`). spec: None/False (no weights), True (the 'inverse' method), a method name of
+        `class_weights_from_frequencies`, {"method": ..., "max_weight": ...}, or a list of explicit weights.
+    num_classes: the network's output channels; labels 0..num_classes-1 must all occur (else a clear error).
+    """
+    if spec is None or spec is False:
+        return None
+    if isinstance(spec, (list, tuple)):
+        if num_classes is not None and len(spec) != num_classes:
+            raise SegCoreError(f"{len(spec)} class weights given for {num_classes} classes",
+                               fix="give one weight per class, background first")
+        return [float(w) for w in spec]
+    options = {"method": "inverse"} if spec is True else {"method": spec} if isinstance(spec, str) else dict(spec)
+    if isinstance(source, (list, tuple)):
+        counts: dict[int, float] = {}
+        for case in source:
+            for value, n in case.class_voxels.items():
+                counts[int(value)] = counts.get(int(value), 0) + n
+    else:
+        fractions = source.get("class_fraction") if isinstance(source, dict) else source.class_fraction
+        counts = {int(k): float(v) for k, v in (fractions or {}).items()}
+    if num_classes is not None:
+        extra = sorted(v for v in counts if v >= num_classes)
+        if extra:
+            raise SegCoreError(f"the labels hold values {extra} but the network has {num_classes} classes",
+                               fix="match the network's out_channels to the label set")
+        counts = {k: counts.get(k, 0) for k in range(num_classes)}
+    return class_weights_from_frequencies(counts, **options)
