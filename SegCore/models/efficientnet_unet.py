@@ -183,6 +183,11 @@ class EfficientNetUNet(nn.Module):
     Output: (B, out_channels, Y, X) float32 logits.
     """
 
+    # Manifold mixup layers (SegCore.training.mixup): outputs every later tensor is computed from. "encoder"
+    # returns all five skip features, which are mixed together (as the muscle study mixes its encoder features);
+    # decoder.3 takes the last skip, so after it the state is one tensor again.
+    MIXUP_LAYERS = ("encoder.stem", "encoder.stages.0", "encoder", "decoder.3", "decoder.4")
+
     def __init__(self, in_channels: int = 1, out_channels: int = 2, *, variant: str = "b0",
                  decoder_channels: tuple[int, ...] = (256, 128, 64, 32, 16), width_coefficient: float | None = None,
                  depth_coefficient: float | None = None, drop_connect_rate: float = 0.2):

@@ -59,6 +59,10 @@ class SegResNet(nn.Module):
     Output: (B, out_channels, *spatial) float32 logits.
     """
 
+    # Manifold mixup layers (SegCore.training.mixup): outputs every later tensor is computed from (down_layers.0
+    # is the first skip and the input of the next level). Deeper levels would leave the skips above them unmixed.
+    MIXUP_LAYERS = ("conv_init", "down_layers.0")
+
     def __init__(self, in_channels: int = 1, out_channels: int = 2, *, spatial_dims: int = 2, init_filters: int = 8,
                  blocks_down: tuple[int, ...] = (1, 2, 2, 4), blocks_up: tuple[int, ...] = (1, 1, 1),
                  num_groups: int = 8, dropout: float = 0.0):

@@ -47,6 +47,11 @@ class UNet2D(nn.Module):
     Output: (B, out_channels, Y, X) float32 logits (no softmax; the losses take logits).
     """
 
+    # Manifold mixup layers (SegCore.training.mixup): outputs every later tensor is computed from. encoder1 feeds
+    # both the first skip and the rest of the network; decoder1 comes after the last skip. Inner levels do not
+    # qualify: the skips above them would pass to the decoder unmixed.
+    MIXUP_LAYERS = ("encoder1", "decoder1")
+
     def __init__(self, in_channels: int = 5, out_channels: int = 2,
                  features: tuple[int, ...] = (32, 64, 128, 256, 512)):
         super().__init__()

@@ -111,6 +111,7 @@ class VNet(nn.Module):
                                f"{base_channels}, which is not a multiple of it",
                                fix=f"use base_channels a multiple of {in_channels}")
         self.in_channels = in_channels
+        self.divisor = DIVISOR  # every input side must be a multiple of it, as in the other networks
         c, n = base_channels, num_layers
         self.input_stage = _InputStage(in_channels, c, dilation)
         self.down_stages = nn.ModuleList([_DownStage(c, n, dilation), _DownStage(2 * c, n, dilation),
