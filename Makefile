@@ -41,6 +41,7 @@ bench:
 	$(MAKE) setup VENV=.venv-bench
 	.venv-bench/bin/python -m pip install --quiet -r benchmarks/requirements.txt
 	.venv-bench/bin/python benchmarks/metrics.py
+	.venv-bench/bin/python benchmarks/training.py --part all
 
 clean:
 	rm -rf $(VENV) .venv-bench $(DEMO_OUT) .pytest_cache

@@ -26,7 +26,7 @@ import traceback
 
 from SegCore.progress import make_progress
 
-COMMANDS = ("demo", "phantoms", "inspect", "convert", "evaluate", "models")
+COMMANDS = ("demo", "phantoms", "inspect", "convert", "evaluate", "models", "train")
 
 
 class Terminated(KeyboardInterrupt):

@@ -1,0 +1,238 @@
+"""From a resolved plan to the parts the Trainer runs: the split, cached cases, loaders, network, fine-tuning.
+
+Each function reads its own part of the plan (docs/training.md lists the keys) and raises a SegCoreError naming
+the key or file for anything wrong, before the first step.
+"""
+
+from __future__ import annotations
+
+import math
+import signal
+import threading
+from contextlib import contextmanager
+from pathlib import Path
+
+from SegCore.errors import SegCoreError
+
+VALIDATION_PATCHES_PER_CASE = 4  # validation on patches until the Predictor validates whole cases
+
+
+def split_cases(dataset, split: dict) -> tuple[list, list]:
+    """(training cases, validation cases) of `dataset` for the plan's `split` ({kind, folds, fold, seed, lists}).
+
+    Raises SegCoreError for a fold out of range or an empty training split."""
+    from SegCore.datasets import kfold_splits, pancreas_folds, split_from_lists
+
+    cases = dataset.labelled_cases()
+    by_id = {case.case_id: case for case in cases}
+    ids = sorted(by_id)
+    if not ids:
+        raise SegCoreError("the dataset has no labelled case to train on", path=dataset.root,
+                           fix="add label files, or check the dataset layout (segcore inspect)")
+    kind = split["kind"]
+    if kind == "lists":
+        lists = {"train": split["train_list"]}
+        if split.get("validation_list"):
+            lists["val"] = split["validation_list"]
+        chosen = split_from_lists(ids, **lists)
+        train, val = chosen.get("train", []), chosen.get("val", [])
+    else:
+        folds = split_from_kind(kind, ids, split, kfold_splits, pancreas_folds)
+        fold = int(split["fold"])
+        if not 0 <= fold < len(folds):
+            raise SegCoreError(f"fold {fold} does not exist: the split has folds 0 to {len(folds) - 1}",
+                               fix=f"use --fold 0 ... {len(folds) - 1} (split.fold)")
+        train, val = folds[fold]["train"], folds[fold]["val"]
+    if not train:
+        raise SegCoreError(f"the training split is empty ({len(ids)} labelled case(s), split {kind})",
+                           path=dataset.root, fix="add cases, or use fewer folds (split.folds)")
+    return [by_id[i] for i in train], [by_id[i] for i in val]
+
+
+def split_from_kind(kind: str, ids: list[str], split: dict, kfold_splits, pancreas_folds) -> list[dict]:
+    folds = int(split["folds"])
+    if len(ids) < 2:
+        # One case: train on it, validate on it (a smoke test; a real study has many cases).
+        return [{"fold": 0, "train": ids, "val": ids}]
+    folds = min(folds, len(ids))
+    if kind == "pancreas":
+        return pancreas_folds(ids, folds)
+    return kfold_splits(ids, folds, seed=int(split["seed"]))
+
+
+def build_loaders(plan: dict, train_cached: list, val_cached: list, dist, *, pin_memory: bool = False) -> tuple:
+    """(training loader, validation loader or None). The validation loader is unaugmented and always draws the
+    same patches (epoch 0 of its own seed), `VALIDATION_PATCHES_PER_CASE` per validation case in total."""
+    from SegCore.training.data import Sampler, build_loader, default_workers
+    from SegCore.transforms import Augmentation
+
+    training = plan["training"]
+    sampler = Sampler(plan["sampler"])
+    workers = default_workers() if training["workers"] == "auto" else int(training["workers"])
+    common = {"batch_size": int(training["batch_size"]), "rank": dist.rank, "world_size": dist.world_size,
+              "workers": workers, "pin_memory": pin_memory}
+    train = build_loader(train_cached, sampler, Augmentation(plan["augmentation"]),
+                         steps_per_epoch=int(training["steps_per_epoch"]) * int(training["accumulate"]),
+                         seed=int(training["seed"]), even_batch=bool(training.get("even_batch", False)), **common)
+    if not val_cached:
+        return train, None
+    per_step = common["batch_size"] * dist.world_size
+    steps = max(1, math.ceil(VALIDATION_PATCHES_PER_CASE * len(val_cached) / per_step))
+    # Unaugmented crops are cheap: read in the main process rather than by a second set of persistent workers.
+    val = build_loader(val_cached, sampler, Augmentation.off(), steps_per_epoch=steps,
+                       seed=int(training["seed"]) + 1, **{**common, "workers": 0})
+    return train, val
+
+
+def pseudo_labels(plan: dict, dataset, out: Path, dist, device, log, progress) -> list:
+    """Self-distillation (distillation.teacher): the teacher labels the unlabelled scans; rank 0 writes
+    RUN/pseudo, every rank gets the marked cases (with their loss weight in metadata). [] when off."""
+    from SegCore.training import distributed as ddp
+
+    spec = plan["distillation"]
+    if not spec.get("teacher"):
+        return []
+    from SegCore.datasets import open_dataset
+    from SegCore.training.distill import pseudo_label_cases
+
+    cases = None
+    if dist.is_main:
+        source = open_dataset(spec["unlabelled"]) if spec.get("unlabelled") else dataset
+        scans = source.cases if spec.get("unlabelled") else [c for c in source.cases if not c.has_label]
+        if not scans:
+            raise SegCoreError("distillation.teacher is set, but there are no unlabelled scans to label",
+                               path=spec.get("unlabelled") or plan["data"]["root"],
+                               fix="set distillation.unlabelled to a folder of scans, or distillation.teacher to null")
+        cases = pseudo_label_cases(spec["teacher"], scans, Path(out) / "pseudo", weight=spec["weight"],
+                                   joins=spec["subset"], device=device, progress=progress)
+        # The scans keep their ids; a prefix keeps them apart from labelled cases of the same name.
+        log.info("self-distillation: %d pseudo-labelled case(s) from %s join %s (weight %s)", len(cases),
+                 spec["teacher"], spec["subset"], spec["weight"])
+    cases = ddp.broadcast_object(cases, dist)
+    import dataclasses
+
+    return [dataclasses.replace(case, case_id=f"pseudo-{case.case_id}") for case in cases]
+
+
+def class_weighted_loss(plan: dict, spec, train_cached: list, log):
+    """training.class_weights: the plan's loss with class weights from the training cases' label frequencies."""
+    import inspect
+
+    from SegCore.losses import LOSSES, build_loss
+    from SegCore.training.data import class_weights_for
+
+    name, arguments = plan["loss"]["name"], dict(plan["loss"]["arguments"])
+    if "class_weights" not in inspect.signature(LOSSES[name]).parameters:
+        raise SegCoreError(f"training.class_weights is set, but the loss {name!r} takes no class weights",
+                           fix="use a loss with class_weights (cross_entropy, dice, dice_ce, ...) or set "
+                               "training.class_weights to null")
+    weights = class_weights_for(train_cached, spec, num_classes=len(plan["data"]["label_set"]))
+    log.info("class weights %s", [round(w, 4) for w in weights])
+    return build_loss(name, **{**arguments, "class_weights": weights})
+
+
+def frozen_names(model, prefixes: list[str]) -> set[str]:
+    """Names of the parameters that start with one of `prefixes`; an unmatched prefix is a SegCoreError."""
+    names = [name for name, _ in model.named_parameters()]
+    frozen: set[str] = set()
+    for prefix in prefixes:
+        matched = {name for name in names if name.startswith(prefix)}
+        if not matched:
+            parts = sorted({name.split(".")[0] for name in names})
+            raise SegCoreError(f"--freeze {prefix}: no parameter of the network starts with it",
+                               fix=f"use a prefix of the parameter names, e.g. one of {', '.join(parts[:12])}")
+        frozen |= matched
+    return frozen
+
+
+def freeze(model, prefixes: list[str]) -> list:
+    """Stop gradients for parameters under `prefixes`; returns their BatchNorm modules, which the Trainer keeps
+    in eval mode so that their running statistics stay fixed too."""
+    from torch import nn
+
+    names = frozen_names(model, prefixes)
+    for name, parameter in model.named_parameters():
+        if name in names:
+            parameter.requires_grad_(False)
+    norms = []
+    for name, module in model.named_modules():
+        if isinstance(module, nn.modules.batchnorm._BatchNorm) and name and any(
+                f"{name}.".startswith(p) or name.startswith(p) for p in prefixes):
+            norms.append(module)
+    return norms
+
+
+def load_initial_weights(model, path: str | Path, meta: dict, log) -> str:
+    """Start from the weights of checkpoint `path`. Same study and labels: every tensor must fit. Otherwise the
+    tensors whose shape differs (the head) keep their fresh initialisation, and the returned message says so."""
+    from SegCore.training.checkpoint import load_checkpoint
+
+    checkpoint = load_checkpoint(path)
+    state = checkpoint.model_state
+    own = model.state_dict()
+    same = (checkpoint.meta.get("study") == meta.get("study")
+            and _label_values(checkpoint.meta.get("labels")) == _label_values(meta.get("labels")))
+    unknown = sorted(set(state) - set(own))
+    if same and not unknown and all(own[k].shape == v.shape for k, v in state.items()):
+        model.load_state_dict(state, strict=False)
+        message = f"initialised from {path} ({len(state)} tensors)"
+    else:
+        fitting = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
+        if not fitting:
+            raise SegCoreError("no tensor of the checkpoint fits this network", path=path,
+                               fix="--init a checkpoint of the same network (model.name and arguments)")
+        model.load_state_dict(fitting, strict=False)
+        fresh = sorted(k for k in own if k not in fitting)
+        why = ("its study or labels differ from this run's" if not same else "some of its tensors do not fit")
+        message = (f"initialised from {path}, but {why}: {len(fresh)} tensor(s) keep a fresh initialisation "
+                   f"(the head: {', '.join(fresh[:6])}{' ...' if len(fresh) > 6 else ''})")
+    log.info(message)
+    return message
+
+
+def _label_values(labels) -> list:
+    return [(int(item["value"]), str(item["name"])) for item in labels or []]
+
+
+@contextmanager
+def stop_requests():
+    """While training, SIGINT/SIGTERM only set a flag, so that the loop stops between steps (an optimizer step
+    is never cut in half); yields a list holding the interrupt class to raise. Outside the main thread: no-op."""
+    requested: list = []
+    if threading.current_thread() is not threading.main_thread():
+        yield requested
+        return
+    from SegCore.cli import Terminated
+
+    def handler(signum, frame):
+        if requested:  # a second Ctrl-C: stop now
+            raise Terminated() if signum == signal.SIGTERM else KeyboardInterrupt()
+        requested.append(Terminated if signum == signal.SIGTERM else KeyboardInterrupt)
+
+    previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield requested
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
+
+
+def amp_dtype(plan_amp: str, device_info) -> str | None:
+    """The autocast dtype name, or None for float32 (always on CPU/MPS)."""
+    if device_info.kind != "cuda" or plan_amp == "off":
+        return None
+    if plan_amp == "auto":
+        return device_info.amp_dtype
+    if plan_amp == "bf16" and not device_info.supports_bf16:
+        raise SegCoreError(f"training.amp=bf16, but {device_info.summary()} has no native bfloat16",
+                           fix="use training.amp=fp16 or auto")
+    return {"bf16": "bfloat16", "fp16": "float16"}[plan_amp]
+
+
+def tensorboard(out: Path):
+    """A SummaryWriter into RUN/tensorboard where the tensorboard package is installed, else None."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        return None
+    return SummaryWriter(str(out / "tensorboard"))
