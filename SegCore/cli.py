@@ -145,9 +145,11 @@ def main(argv: list[str] | None = None) -> int:
         suffix = f" (traceback in {log})" if log else ""
         print(f"segcore {args.command}: error: {failure.message}{suffix}", file=sys.stderr)
         return 1
-    if scope.created_folders:
-        print("created folder(s): " + ", ".join(str(p) for p in scope.created_folders), file=sys.stderr)
-        result = {**result, "created_folders": [str(p) for p in scope.created_folders]}
+    created = set(scope.created_folders)  # the top-most ones: what was missing above the outputs
+    created = [p for p in scope.created_folders if p.parent not in created]
+    if created:
+        print("created folder(s): " + ", ".join(str(p) for p in created), file=sys.stderr)
+        result = {**result, "created_folders": [str(p) for p in created]}
     emit({"event": "result", "command": args.command, **result})
     return 0
 

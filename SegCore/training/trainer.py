@@ -394,7 +394,7 @@ class Trainer:
         epochs = len(self.history)
         summary = (f"trained {epochs} epoch(s){' (early stopping)' if stopped_early else ''}: loss "
                    f"{last.get('loss', float('nan')):.4g}, best {self.t['best_metric']} "
-                   f"{self.best if self.best is not None else 'n/a'}; run folder {self.out}")
+                   f"{f'{self.best:.4g}' if self.best is not None else 'n/a'}; run folder {self.out}")
         self._status("finished", epoch=epochs, epochs=int(self.t["epochs"]), loss=last.get("loss"),
                      last_metric=last.get(self.t["best_metric"]), best_metric=self.best,
                      message="early stopping" if stopped_early else "finished")
