@@ -16,10 +16,12 @@ torch generator so it never draws from the main process's global one.
 
 from __future__ import annotations
 
+import atexit
 import functools
 import os
 import random
 import signal
+import threading
 from collections.abc import Iterator, Sequence
 
 import numpy as np
@@ -49,6 +51,29 @@ def _seed_worker(worker_id: int, *, seed: int, rank: int) -> None:
     random.seed(int(state[1]))
     torch.manual_seed(int(state[0]))
     torch.set_num_threads(1)  # each worker is one core's worth of work; more threads only fight the main process
+
+
+def _end_workers_at_exit() -> None:
+    """Workers ignore SIGTERM (`_seed_worker`), so multiprocessing's own exit handler, which terminates its daemonic
+    children and then joins them, would wait forever for workers still alive at exit: those of a loader kept by a
+    reference, or of one whose iterator waits in a reference cycle for a collection that never comes (this hung
+    the test suite after its last test once). This handler, registered after multiprocessing's, runs before it:
+    it collects what it can (workers then end through their queues) and kills the daemonic children left, which
+    are exactly the ones multiprocessing would have tried to terminate."""
+    import gc
+    import multiprocessing
+
+    gc.collect()
+    children = [child for child in multiprocessing.active_children() if child.daemon]
+    if children and threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)  # torch's handler would call the kill below a failure
+    for child in children:
+        child.kill()
+        child.join(5)
+
+
+import multiprocessing.util  # noqa: E402,F401,I001  (registers multiprocessing's exit handler now, so that ours,
+atexit.register(_end_workers_at_exit)  # registered after it, runs before it: atexit runs handlers last-in, first-out
 
 
 class _Batches(torch.utils.data.Dataset):
@@ -122,6 +147,19 @@ class Loader:
                 batches, batch_size=None, sampler=self._steps, num_workers=workers, persistent_workers=True,
                 pin_memory=pin_memory, prefetch_factor=2, generator=torch.Generator().manual_seed(batches.seed),
                 worker_init_fn=functools.partial(_seed_worker, seed=batches.seed, rank=batches.rank))
+
+    def close(self) -> None:
+        """End the worker processes now (they also end when the Loader is collected or the process exits)."""
+        iterator = getattr(self._loader, "_iterator", None) if self._loader is not None else None
+        if iterator is not None:
+            iterator._shutdown_workers()
+            self._loader._iterator = None
+
+    def __enter__(self) -> Loader:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
     def __len__(self) -> int:
         return self.steps_per_epoch

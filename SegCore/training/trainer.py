@@ -439,6 +439,9 @@ def train_from_plan(plan: dict, out: Path, *, resume: bool = False, overwrite: b
             _final_status(trainer, "failed", describe(error).message)
         raise
     finally:
+        for loader in (getattr(trainer, "loader", None), getattr(trainer, "val_loader", None)):
+            if loader is not None:
+                loader.close()
         if trainer.run is not None:
             trainer.run.close()
         ddp.shutdown(getattr(trainer, "dist", ddp.DistInfo()))
