@@ -24,6 +24,7 @@ import os
 import re
 import shutil
 import tempfile
+import threading
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -69,6 +70,12 @@ class OutputScope:
     inputs: set[Path] = field(default_factory=set)
     created_folders: list[Path] = field(default_factory=list)
     staging: set[Path] = field(default_factory=set)  # temporary folders of atomic_dir writers now open
+    lock: threading.Lock = field(default_factory=threading.Lock)  # reader and writer threads share a scope
+
+    def input_list(self) -> list[Path]:
+        """A copy of `inputs`, safe while another thread adds to them."""
+        with self.lock:
+            return list(self.inputs)
 
 
 _scope: contextvars.ContextVar[OutputScope | None] = contextvars.ContextVar("segcore_output_scope", default=None)
@@ -90,14 +97,19 @@ def add_inputs(paths: Iterable[str | os.PathLike]) -> None:
     """Record files or folders as inputs of the current `guard_outputs` scope (no effect outside one)."""
     scope = _scope.get()
     if scope is not None:
-        scope.inputs.update(resolved(p) for p in paths)
+        new = [resolved(p) for p in paths]
+        with scope.lock:
+            scope.inputs.update(new)
 
 
-def refuse_overwriting_inputs(output: str | os.PathLike, inputs: Iterable[str | os.PathLike]) -> None:
-    """Raise if `output` is one of `inputs`, or is a folder that holds or contains one (links resolved)."""
+def refuse_overwriting_inputs(output: str | os.PathLike, inputs: Iterable[str | os.PathLike], *,
+                              inputs_resolved: bool = False) -> None:
+    """Raise if `output` is one of `inputs`, or is a folder that holds or contains one (links resolved).
+    inputs_resolved: the inputs are resolved paths already (a scope's), so a batch of N cases costs N checks per
+    output, not N path resolutions."""
     out = resolved(output)
     for item in inputs:
-        source = resolved(item)
+        source = item if inputs_resolved else resolved(item)
         if source == out:
             what = "replace an input folder" if source.is_dir() else "overwrite an input"
             raise SegCoreError(f"the output would {what}", path=output, fix="choose another output path")
@@ -110,7 +122,7 @@ def check_output(path: str | os.PathLike) -> Path:
     """The guard every writer passes: refuse inputs (in a `guard_outputs` scope) and return the resolved path."""
     scope = _scope.get()
     if scope is not None:
-        refuse_overwriting_inputs(path, scope.inputs)
+        refuse_overwriting_inputs(path, scope.input_list(), inputs_resolved=True)
     return resolved(path)
 
 

@@ -26,7 +26,7 @@ import traceback
 
 from SegCore.progress import make_progress
 
-COMMANDS = ("demo", "phantoms", "inspect", "convert", "evaluate", "models", "train")
+COMMANDS = ("demo", "phantoms", "inspect", "convert", "evaluate", "models", "train", "predict", "export")
 
 
 class Terminated(KeyboardInterrupt):

@@ -228,3 +228,33 @@ def test_a_bare_segcore_lists_its_commands():
     assert result.returncode == 0
     for name in ("demo", "phantoms", "inspect", "convert", "evaluate", "models"):
         assert name in result.stdout
+
+
+def test_outputs_are_checked_while_another_thread_adds_inputs(tmp_path):
+    """segcore predict reads the next case in one thread while it writes the previous one in another."""
+    import contextvars
+    import threading
+
+    from SegCore.atomic import add_inputs, check_output, guard_outputs
+
+    errors = []
+    with guard_outputs([tmp_path / f"early{i}.nii.gz" for i in range(500)]):
+        stop = threading.Event()
+
+        def reader():
+            i = 0
+            while not stop.is_set() and i < 20000:
+                add_inputs([tmp_path / f"in{i}.nii.gz"])
+                i += 1
+
+        thread = threading.Thread(target=contextvars.copy_context().run, args=(reader,))  # as batch.py starts it
+        thread.start()
+        try:
+            for _ in range(20):
+                check_output(tmp_path / "out" / "case.nii.gz")
+        except RuntimeError as error:  # "Set changed size during iteration"
+            errors.append(error)
+        finally:
+            stop.set()
+            thread.join()
+    assert errors == []

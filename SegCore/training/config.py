@@ -34,7 +34,7 @@ from SegCore.training.derive import (  # noqa: F401  (DataFacts, data_facts, pre
 )
 
 PLAN_KEYS = ("data", "split", "preprocessing", "model", "loss", "sampler", "augmentation", "optim", "schedule",
-             "training", "mixup", "distillation", "device", "study", "versions")
+             "training", "mixup", "distillation", "inference", "device", "study", "versions")
 OPEN_KEYS = ("model.arguments", "loss.arguments", "augmentation")
 # CLI flag -> plan key; a flag given on the command line (not None) wins over everything else.
 CLI_FLAGS = {"data": "data.root", "study": "study", "fold": "split.fold", "epochs": "training.epochs",
@@ -73,6 +73,20 @@ def default_plan() -> dict:
                      "init": None, "freeze": [], "class_weights": None},
         "mixup": {"mode": "off", "alpha": 0.4, "layers": None},
         "distillation": {"teacher": None, "unlabelled": None, "weight": 1.0, "subset": "training"},
+        "inference": {  # SegCore/inference/settings.py resolves "auto" and checks these; docs/inference.md
+            "strategy": "auto",  # sliding_window | slices | stack25d | locate_segment | coarse_to_fine
+            "patch_zyx": "auto",  # sliding window: the training patch
+            "overlap": 0.5, "sigma_scale": 0.125,  # window overlap; Gaussian sigma = sigma_scale * patch side
+            "batch": "auto",  # windows or slices per forward pass
+            "views": "auto", "fusion": "mean",  # slices: the training axis, or several views fused
+            "tta": "auto", "mirror_axes": [0, 1, 2],  # mirroring: on for CUDA, off on the CPU
+            "precision": "auto", "uncertainty": "entropy",
+            "postprocess": {"largest_component": [], "min_component_voxels": 0, "fill_holes": []},
+            "locator": {"checkpoint": None, "scale_zyx": [0.5, 0.25, 0.25], "margin_voxels": 30,
+                        "crop_zyx": [96, 144, 224]},
+            "coarse_to_fine": {"max_rounds": 10, "convergence_dice": 0.99, "thresholds": [0.90, 0.95, 0.98, 0.99],
+                               "largest_component": True},
+        },
         "device": "auto",
         "study": None,
         "versions": {"segstudies": None, "torch": None, "numpy": None, "python": None},

@@ -1,0 +1,198 @@
+"""RSTN coarse-to-fine testing (the pancreas study): a coarse pass per plane, fusion, then fine rounds until the
+masks of two successive rounds agree.
+
+    result = coarse_to_fine({"axial": rstn_z, "coronal": rstn_y, "sagittal": rstn_x}, image_zyx)
+    result["probabilities"]                   # (2, Z, Y, X) float32, [1 - p, p] of the last round
+    result["rounds"], result["converged"], result["inter_dice"], result["dice_at"], result["mask"]
+
+The rules, from the study's code (OrganSegRSTN_PyTorch: coarse_testing.py, coarse2fine_testing.py,
+oracle_testing.py, utils.post_processing):
+
+- planes: one RSTN per plane, any subset of the three. "axial" cuts a (Z, Y, X) volume along z into (Y, X)
+  images, "coronal" along y into (Z, X), "sagittal" along x into (Z, Y), as the training sampler does.
+- stacks: stack j holds slices j - h .. j + h (h = slices // 2, the study: 3 slices), indices clamped at the
+  volume's ends (the study's max(0, j - 1), min(n - 1, j + 1)). The map a stack returns for a clamped duplicate
+  is dropped, so a slice's probability is the mean of the maps of the stacks that hold it at its own position
+  (with 3 slices: 2 stacks at the ends, 3 inside).
+- fusion: the mean of the planes' probabilities; the mask is mean >= `threshold` (the study: 0.5).
+- round 0 is the coarse pass, fused, its mask not filtered. Each fine round refines every plane from the
+  previous round's fused probabilities (saliency input) and mask (RSTN.refine crops to its box); a stack none
+  of whose slices holds a mask voxel is not run and counts as 0 in the mean (the study's shortcut). With
+  `largest_component` the round's mask keeps the 6-connected components of at least half the largest one's size
+  (post_processing with threshold 0.5; the study also leaves masks of more than half the volume unfiltered,
+  a speed shortcut not kept here), and the probability of a removed voxel is set to 0.
+- stop: when the inter-round Dice (of two successive masks; 1 when both are empty) is >= `convergence_dice`,
+  or after `max_rounds` (the study: 0.99, 10). An empty round-0 mask leaves nothing to refine: round 0 stands.
+- dice_at: the study reports each case at inter-round Dice thresholds 0.90, 0.95, 0.98 and 0.99 (the first
+  round reaching it, else its last); here the round (1 = the first fine round), None when never reached.
+- oracle (diagnosis): with `oracle_label` one fine round runs on the label's box instead (RSTN mode "oracle":
+  saliency from the model's own coarse map), stacks without label voxels skipped, fused and filtered as above
+  (the study's oracle_fusion also reports other vote counts; mean >= 0.5 is its majority vote).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Mapping, Sequence
+
+import numpy as np
+import torch
+from scipy import ndimage
+from torch import Tensor
+
+from SegCore.errors import SegCoreError
+from SegCore.inference.settings import VIEWS
+from SegCore.models.rstn import inter_iteration_dice
+
+COMPONENT_FRACTION = 0.5  # the study keeps components of at least this fraction of the largest one's size
+
+
+def keep_large_components(mask_zyx: Tensor, fraction: float = COMPONENT_FRACTION) -> Tensor:
+    """The 6-connected components of a bool (Z, Y, X) mask with at least `fraction` x the largest one's voxels
+    (fraction 1: the largest only, ties kept). Returns a bool (Z, Y, X) tensor on the CPU."""
+    labels, count = ndimage.label(mask_zyx.cpu().numpy())  # scipy's default 3D structure: the 6 faces
+    if count <= 1:
+        return mask_zyx.cpu().bool()
+    sizes = np.bincount(labels.ravel())[1:]
+    keep = np.concatenate([[False], sizes >= fraction * sizes.max()])
+    return torch.from_numpy(keep[labels])
+
+
+def stack_ids(n: int, slices: int) -> Tensor:
+    """(n, slices) int64: the slice indices of every stack along an axis of n slices, clamped at the ends."""
+    half = slices // 2
+    return (torch.arange(n)[:, None] + torch.arange(-half, half + 1)[None]).clamp(0, n - 1)
+
+
+def stack_average(run: Callable[..., Tensor], volumes: Sequence[Tensor], axis: int, out_zyx: Tensor, *,
+                  weight: float = 1.0, slices: int = 3, batch: int = 8, device: str | torch.device = "cpu",
+                  active: Tensor | None = None) -> None:
+    """Add `weight` x the stack-averaged probability of one plane to `out_zyx` (float32 (Z, Y, X), in place).
+
+    run: (one (B, slices, H, W) float32 tensor per volume, on `device`) -> (B, slices, H, W) probabilities.
+    volumes: (Z, Y, X) tensors on the CPU, cut the same way along `axis` (0 = z, 1 = y, 2 = x) into stacks.
+    active: (n,) bool, the stacks to run (default all); a stack not run counts as 0 in every mean.
+    """
+    n = out_zyx.shape[axis]
+    half = slices // 2
+    ids = stack_ids(n, slices)
+    centre = torch.arange(n)
+    # stacks holding slice s at their own position: j in [s - h, s + h] within the volume
+    count = ((centre + half).clamp(max=n - 1) - (centre - half).clamp(min=0) + 1).float()
+    planes = [v.movedim(axis, 0) for v in volumes]
+    out = out_zyx.movedim(axis, 0)  # a view: index_add_ writes into out_zyx
+    todo = centre if active is None else centre[active]
+    cuda = torch.device(device).type == "cuda"
+    for first in range(0, len(todo), batch):
+        js = todo[first:first + batch]
+        stacks = [p[ids[js]].float() for p in planes]  # (B, slices, H, W) each
+        if cuda:
+            stacks = [s.pin_memory() for s in stacks]
+        maps = run(*(s.to(device, non_blocking=True) for s in stacks)).float().cpu()
+        for k in range(slices):
+            target = js - half + k
+            inside = (target >= 0) & (target < n)
+            rows = target[inside]
+            out.index_add_(0, rows, maps[inside, k] * (weight / count[rows])[:, None, None])
+
+
+def _precision_context(device, precision: str):
+    device = torch.device(device)
+    if device.type != "cuda" or precision == "float32":
+        return contextlib.nullcontext()
+    return torch.autocast("cuda", dtype={"float16": torch.float16, "bfloat16": torch.bfloat16}[precision])
+
+
+def _check(models, image_zyx, oracle_label, max_rounds, convergence_dice, batch, thresholds) -> Tensor:
+    if not isinstance(models, Mapping) or not models or any(view not in VIEWS for view in models):
+        raise SegCoreError(f"coarse-to-fine takes one RSTN per plane keyed by {', '.join(VIEWS)}, got "
+                           f"{sorted(models) if isinstance(models, Mapping) else type(models).__name__}",
+                           fix='pass e.g. {"axial": model}')
+    if isinstance(image_zyx, Tensor) and image_zyx.dim() == 4 and image_zyx.shape[0] == 1:
+        image_zyx = image_zyx[0]
+    if not isinstance(image_zyx, Tensor) or image_zyx.dim() != 3:
+        shape = tuple(image_zyx.shape) if isinstance(image_zyx, Tensor) else type(image_zyx).__name__
+        raise SegCoreError(f"coarse-to-fine takes one CT channel (Z, Y, X) or (1, Z, Y, X), got {shape}",
+                           fix="pass the preprocessed single-channel image")
+    if oracle_label is not None and tuple(oracle_label.shape) != tuple(image_zyx.shape):
+        raise SegCoreError(f"the oracle label has shape {tuple(oracle_label.shape)}, the image "
+                           f"{tuple(image_zyx.shape)}", fix="give the label on the image's grid")
+    for view, model in models.items():
+        slices = getattr(model, "slices", 3)
+        if slices % 2 != 1:
+            raise SegCoreError(f"the {view} RSTN takes {slices} slices; stacks need an odd number",
+                               fix="use a model trained on 3-slice stacks (the study's)")
+    if type(max_rounds) is not int or max_rounds < 1:
+        raise SegCoreError(f"coarse_to_fine.max_rounds must be a whole number >= 1, got {max_rounds!r}",
+                           fix="use 10 (the study's)")
+    if not 0 < convergence_dice <= 1:
+        raise SegCoreError(f"coarse_to_fine.convergence_dice must be in (0, 1], got {convergence_dice!r}",
+                           fix="use 0.99 (the study's)")
+    if type(batch) is not int or batch < 1:
+        raise SegCoreError(f"batch must be a whole number >= 1, got {batch!r}", fix="use e.g. 8")
+    if not all(isinstance(t, (int, float)) and 0 < t <= 1 for t in thresholds):
+        raise SegCoreError(f"coarse_to_fine.thresholds must be numbers in (0, 1], got {list(thresholds)!r}",
+                           fix="use [0.90, 0.95, 0.98, 0.99] (the study's)")
+    return image_zyx.float().cpu()
+
+
+@torch.inference_mode()
+def coarse_to_fine(models: Mapping[str, torch.nn.Module], image_zyx: Tensor, *, max_rounds: int = 10,
+                   convergence_dice: float = 0.99, thresholds: Sequence[float] = (0.90, 0.95, 0.98, 0.99),
+                   largest_component: bool = True, oracle_label: Tensor | None = None, batch: int = 8,
+                   threshold: float = 0.5, precision: str = "float32",
+                   device: str | torch.device = "cpu") -> dict:
+    """The study's coarse-to-fine test of one volume (rules in the module doc).
+
+    models: view ("axial", "coronal", "sagittal") -> RSTN-like module on `device`, in eval mode, with
+        `model(stacks, mode="coarse")["coarse"]`, `model.refine(stacks, prob, mask)["fine"]` and, for the
+        oracle, `model(stacks, label=..., mode="oracle")["fine"]`, all (B, slices, H, W) probabilities.
+    image_zyx: float32 (Z, Y, X) (or (1, Z, Y, X)) preprocessed CT on the CPU.
+    oracle_label: (Z, Y, X), organ > 0.5 (diagnosis mode). batch: stacks per forward pass.
+    precision: "float32", "float16" or "bfloat16" (autocast on CUDA only).
+    Returns {"probabilities": (2, Z, Y, X) float32 CPU, "mask": (Z, Y, X) bool (the last round's),
+    "rounds": fine rounds run, "converged": bool, "inter_dice": [float per round], "dice_at": {threshold:
+    round or None}}.
+    """
+    image = _check(models, image_zyx, oracle_label, max_rounds, convergence_dice, batch, thresholds)
+    weight = 1.0 / len(models)
+    options = {"batch": batch, "device": device}
+
+    def fused(make_run, volumes, skip_empty: Tensor | None = None) -> Tensor:
+        total = torch.zeros(image.shape, dtype=torch.float32)
+        for view, model in models.items():
+            axis, slices = VIEWS.index(view), getattr(model, "slices", 3)
+            active = None
+            if skip_empty is not None:  # run only stacks with a voxel of the mask (or label) in their slices
+                has = skip_empty.movedim(axis, 0).flatten(1).any(dim=1)
+                active = has[stack_ids(has.shape[0], slices)].any(dim=1)
+            with _precision_context(device, precision):
+                stack_average(make_run(model), volumes, axis, total, weight=weight, slices=slices,
+                              active=active, **options)
+        return total.clamp_(0.0, 1.0)  # float rounding of the means
+
+    def filtered(prob: Tensor) -> Tensor:
+        mask = prob >= threshold
+        return keep_large_components(mask) if largest_component else mask
+
+    prob = fused(lambda m: lambda x: m(x, mode="coarse")["coarse"], [image])
+    mask = prob >= threshold
+    inter_dice: list[float] = []
+    if oracle_label is not None:
+        label = (oracle_label.cpu() > 0.5).float()
+        prob = fused(lambda m: lambda x, y: m(x, label=y, mode="oracle")["fine"], [image, label], label > 0)
+        previous, mask = mask, filtered(prob)
+        inter_dice.append(inter_iteration_dice(previous, mask))
+    else:
+        while len(inter_dice) < max_rounds and bool(mask.any()):
+            prob = fused(lambda m: lambda x, p, b: m.refine(x, p, b)["fine"], [image, prob, mask], mask)
+            previous, mask = mask, filtered(prob)
+            inter_dice.append(inter_iteration_dice(previous, mask))
+            if inter_dice[-1] >= convergence_dice:
+                break
+    if inter_dice and largest_component:
+        prob[(prob >= threshold) & ~mask] = 0.0
+    dice_at = {float(t): next((r for r, d in enumerate(inter_dice, start=1) if d >= t), None) for t in thresholds}
+    return {"probabilities": torch.stack([1.0 - prob, prob]), "mask": mask, "rounds": len(inter_dice),
+            "converged": bool(inter_dice) and inter_dice[-1] >= convergence_dice, "inter_dice": inter_dice,
+            "dice_at": dice_at}

@@ -1,0 +1,315 @@
+"""The `Predictor`: checkpoint(s) + an image -> a label `Volume` on the image's own grid (what Segment runs).
+
+    predictor = Predictor(["fold0.pt", "fold1.pt"], device="auto", settings={"overlap": 0.5, "tta": True})
+    prediction = predictor.predict(read_input([Path("scan.nii.gz")]))
+    prediction.label              # (Z, Y, X) uint8 Volume on the input grid exactly (size, spacing, origin, direction)
+    prediction.probabilities      # (K, Z, Y, X) float16 Volume, only with probabilities=True
+    prediction.uncertainty        # (Z, Y, X) float32 Volume, only with uncertainty=True
+    prediction.info               # strategy, device, passes, seconds per stage, what the memory fallback did
+
+One case: the input is checked against the checkpoint (channels, dimensionality, a modality hint); the
+training preprocessing recorded in the checkpoint is replayed (`SegCore.transforms.Preprocessing`, the code path
+training uses); each model runs its strategy (settings.py: sliding window, slices in one or several views,
+2.5D, locate then segment, RSTN coarse to fine), optionally over every mirroring of `mirror_axes`; the models of
+an ensemble are streamed one at a time and averaged in probability space; the argmax is taken on the network's
+grid, then the label map is mapped back onto the input grid (nearest or one-hot linear per class, as the
+preprocessing says), post-processed there, and given the input grid exactly. Full-resolution probabilities of
+all classes exist only when asked for. An ensemble's models must share labels, channels and preprocessing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import math
+import os
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from SegCore.errors import SegCoreError
+from SegCore.inference.inputs import check_input
+from SegCore.inference.settings import inference_settings
+from SegCore.progress import ProgressEvent, no_progress
+from SegCore.volume import Volume
+
+
+@dataclass
+class Prediction:
+    """What `Predictor.predict` returns (see the module docstring); info is JSON-able."""
+
+    label: Volume
+    probabilities: Volume | None = None
+    uncertainty: Volume | None = None
+    warnings: list[str] = field(default_factory=list)
+    info: dict = field(default_factory=dict)
+
+
+class _Member:
+    """One checkpoint of the ensemble: its network (on the device only while it runs) and resolved settings."""
+
+    def __init__(self, checkpoint, settings: dict):
+        self.checkpoint, self.settings = checkpoint, settings
+        self.window = None  # the SlidingWindow, kept across cases (it remembers the memory fallback)
+
+    @property
+    def meta(self) -> dict:
+        return self.checkpoint.meta
+
+
+def _same(members: list[_Member], key: str) -> None:
+    first = members[0].meta[key]
+    for member in members[1:]:
+        if member.meta[key] != first:
+            raise SegCoreError(f"the checkpoints of an ensemble must share their {key}; these differ",
+                               path=member.checkpoint.path, fix="ensemble only the folds of one training plan")
+
+
+def _model_id(paths: list[Path], settings: dict) -> str:
+    digest = hashlib.sha256()
+    for path in paths:
+        with open(path, "rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+    digest.update(json.dumps(settings, sort_keys=True).encode())
+    return digest.hexdigest()
+
+
+class Predictor:
+    """checkpoints: one path or several (an ensemble; RSTN: one per plane). device: auto | cpu | cuda[:N] | mps.
+    settings: overrides of the checkpoint's inference settings (settings.py; None values are ignored).
+    postprocess: False skips the study's post-processing. locator: the locator checkpoint of a locate-then-
+    segment model (default: settings["locator"]["checkpoint"], relative to the first checkpoint's folder).
+    progress: ProgressEvent callback (stage "infer": windows or slices done)."""
+
+    def __init__(self, checkpoints, *, device: str = "auto", settings: dict | None = None, postprocess: bool = True,
+                 locator: str | os.PathLike | None = None, progress=no_progress):
+        from SegCore.devices import resolve_device
+        from SegCore.training.checkpoint import load_checkpoint
+
+        paths = [Path(p) for p in ([checkpoints] if isinstance(checkpoints, (str, os.PathLike)) else checkpoints)]
+        if not paths:
+            raise SegCoreError("no model was given", fix="give --model CKPT (RUN/best.pt)")
+        self.device_info = resolve_device(device)
+        self.device = torch.device(self.device_info.name)
+        overrides = dict(settings or {})
+        kind = self.device_info.kind
+        self.members = [_Member(ck, inference_settings(ck.meta, overrides, device_type=kind))
+                        for ck in (load_checkpoint(p) for p in paths)]
+        for key in ("labels", "channels", "preprocessing"):
+            _same(self.members, key)
+        self.settings = self.members[0].settings
+        self.postprocess = bool(postprocess)
+        self.progress = progress
+        locator = locator or self.settings["locator"]["checkpoint"]
+        if self.settings["strategy"] == "locate_segment":
+            if not locator:
+                raise SegCoreError("this model segments a crop found by a locator, but no locator was given",
+                                   path=paths[0], fix="pass --locator CKPT (the locator's checkpoint)")
+            path = Path(locator) if Path(locator).is_absolute() else paths[0].parent / locator
+            self.locator = load_checkpoint(path if path.exists() else Path(locator))
+        else:
+            self.locator = None
+        self.model_id = _model_id(paths + ([self.locator.path] if self.locator else []),
+                                  {**self.settings, "postprocess_on": self.postprocess})
+        if kind == "cpu" and hasattr(os, "sched_getaffinity"):
+            # In a container torch may count the host's cores; more threads than cores we may run on only thrash.
+            torch.set_num_threads(max(1, min(torch.get_num_threads(), len(os.sched_getaffinity(0)))))
+        from SegCore.transforms import Preprocessing
+
+        self.preprocessing = Preprocessing(self.meta["preprocessing"])
+
+    @property
+    def meta(self) -> dict:
+        """The first checkpoint's meta: labels, channels, study, model, preprocessing, plan."""
+        return self.members[0].meta
+
+    @property
+    def labels(self) -> list[dict]:
+        return self.meta["labels"]
+
+    @property
+    def channels(self) -> list[str]:
+        return list(self.meta["channels"])
+
+    # --- one case ----------------------------------------------------------------------------------------------
+    def predict(self, image: Volume, *, probabilities: bool = False, uncertainty: bool = False,
+                path: str | os.PathLike | None = None, reference: Volume | None = None) -> Prediction:
+        """Segment one image (Z, Y, X) or (C, Z, Y, X); see the module docstring. path: named in messages.
+        reference: a label map on the image grid, only for the RSTN oracle (its box instead of the coarse one)."""
+        warnings = check_input(image, self.meta, path=path)
+        seconds = {}
+        start = time.perf_counter()
+        pre = self.preprocessing.apply(image, reference)
+        seconds["preprocess"] = time.perf_counter() - start
+        start = time.perf_counter()
+        image_czyx = torch.from_numpy(pre.image)
+        mean, square, passes, info = self._run_models(image_czyx, pre.label, want_variance=uncertainty and
+                                                      self.settings["uncertainty"] == "variance")
+        seconds["network"] = time.perf_counter() - start
+        start = time.perf_counter()
+        label = self._label_values(mean)
+        label_volume = self.preprocessing.invert_label(label, pre.record)
+        probabilities_volume = uncertainty_volume = None
+        if probabilities:
+            probabilities_volume = self.preprocessing.invert_probabilities(mean.numpy(), pre.record)
+            probabilities_volume = Volume(probabilities_volume.array.astype(np.float16), image.grid)
+        if uncertainty:
+            uncertainty_volume = self._uncertainty(mean, square, passes, pre.record, image)
+        seconds["to_input_grid"] = time.perf_counter() - start
+        start = time.perf_counter()
+        array = label_volume.array
+        if self.postprocess:
+            from SegCore.inference.postprocess import postprocess_labels
+
+            post = self.settings["postprocess"]
+            array = postprocess_labels(array, largest_component=post["largest_component"],
+                                       min_component_voxels=post["min_component_voxels"],
+                                       fill_holes=post["fill_holes"])
+        seconds["postprocess"] = time.perf_counter() - start
+        info.update(passes=passes, seconds={k: round(v, 4) for k, v in seconds.items()},
+                    device=self.device_info.name, precision=self.settings["precision"],
+                    network_grid_zyx=list(pre.grid.shape_zyx))
+        return Prediction(Volume(np.ascontiguousarray(array), image.grid), probabilities_volume, uncertainty_volume,
+                          warnings, info)
+
+    def _label_values(self, mean: torch.Tensor) -> np.ndarray:
+        """argmax over classes -> label values (class i is the i-th label of the checkpoint), uint8/uint16."""
+        index = mean.argmax(0).numpy()
+        values = [int(label["value"]) for label in self.labels]
+        dtype = np.uint8 if max(values + [mean.shape[0] - 1]) <= 255 else np.uint16
+        if len(values) == mean.shape[0] and values != list(range(len(values))):
+            return np.asarray(values, dtype=dtype)[index]
+        return index.astype(dtype)
+
+    def _uncertainty(self, mean, square, passes, record, image) -> Volume:
+        """Entropy (nats) of the mean probabilities, or the variance over the passes averaged over the classes;
+        computed on the network grid and mapped (linearly) onto the input grid."""
+        if self.settings["uncertainty"] == "variance":
+            values = (square / passes - mean.double() ** 2).clamp_min(0).mean(0).float()
+        else:
+            p = mean.clamp_min(1e-8)
+            values = -(p * p.log()).sum(0)
+        mapped = self.preprocessing.invert_probabilities(values.numpy()[None], record)
+        return Volume(mapped.array[0].astype(np.float32), image.grid)
+
+    # --- the networks ------------------------------------------------------------------------------------------
+    def _run_models(self, image_czyx: torch.Tensor, reference, *, want_variance: bool):
+        """Mean probabilities (K', Z, Y, X) float32 CPU over models and mirrorings, the sum of squares (float64,
+        only for the variance), the number of passes, and info."""
+        if self.settings["strategy"] == "coarse_to_fine":
+            return self._coarse_to_fine(image_czyx, reference)
+        total = square = None
+        passes = 0
+        info = {"strategy": self.settings["strategy"], "models": len(self.members), "events": []}
+        for member in self.members:
+            model = member.checkpoint.build_model(self.device)
+            try:
+                for flips in self._mirrorings(member.settings):
+                    probs = self._strategy(member, model, image_czyx.flip(flips) if flips else image_czyx, info)
+                    probs = probs.flip(flips) if flips else probs
+                    total = probs if total is None else total.add_(probs)
+                    if want_variance:
+                        square = probs.double() ** 2 if square is None else square.add_(probs.double() ** 2)
+                    passes += 1
+            finally:
+                del model
+                if self.device.type == "cuda":
+                    torch.cuda.empty_cache()
+        return total.div_(passes), square, passes, info
+
+    @staticmethod
+    def _mirrorings(settings: dict) -> list[tuple[int, ...]]:
+        """() and, with TTA, every non-empty combination of the mirror axes as dims of a (C, Z, Y, X) tensor."""
+        if not settings["tta"]:
+            return [()]
+        axes = [a + 1 for a in sorted(set(settings["mirror_axes"]))]
+        return [()] + [c for n in range(1, len(axes) + 1) for c in itertools.combinations(axes, n)]
+
+    def _net_fn(self, model, final_activation: str | None = None):
+        """x (B, C, *spatial) on the device -> float32 logits, under inference_mode and the chosen precision."""
+        precision = self.settings["precision"]
+        autocast = (torch.autocast("cuda", dtype=getattr(torch, precision))
+                    if self.device.type == "cuda" and precision != "float32" else nullcontext())
+
+        def net_fn(x: torch.Tensor) -> torch.Tensor:
+            with torch.inference_mode(), autocast:
+                out = model(x)
+            out = out.float()
+            if final_activation == "softmax":  # the network gives probabilities: back to logits
+                return out.clamp_min(1e-8).log()
+            if final_activation == "sigmoid":
+                return torch.logit(out, eps=1e-6)
+            return out
+
+        return net_fn
+
+    def _progress(self, done: int, total: int) -> None:
+        self.progress(ProgressEvent("infer", done, total))
+
+    def _strategy(self, member: _Member, model, image_czyx: torch.Tensor, info: dict) -> torch.Tensor:
+        s = member.settings
+        net_fn = self._net_fn(model, member.meta["model"]["arguments"].get("final_activation"))
+        divisor = int(getattr(model, "divisor", 1))
+        if s["strategy"] in ("slices", "stack25d"):
+            from SegCore.inference.slices import predict_views
+
+            return predict_views(net_fn, image_czyx, views=s["views"], fusion=s["fusion"], k=s["k"],
+                                 batch=s["batch"], divisor=divisor, device=self.device)
+        window = self._window(member, image_czyx, divisor)
+        if s["strategy"] == "locate_segment":
+            from SegCore.inference.cascade import locate_then_segment
+
+            locator = self.locator.build_model(self.device)
+            loc = s["locator"]
+            probs, box = locate_then_segment(
+                self._net_fn(locator, self.locator.meta["model"]["arguments"].get("final_activation")),
+                lambda crop: self._window(member, crop, divisor)(net_fn, crop, device=self.device, divisor=divisor),
+                image_czyx, scale_zyx=loc["scale_zyx"], margin_voxels=loc["margin_voxels"],
+                crop_zyx=loc["crop_zyx"], divisor=int(getattr(locator, "divisor", 1)), device=self.device)
+            info["box"] = box
+            return probs
+        probs = window(net_fn, image_czyx, device=self.device, divisor=divisor, progress=self._progress)
+        info["events"] += [e for e in window.events if e not in info["events"]]
+        return probs
+
+    def _window(self, member: _Member, image_czyx: torch.Tensor, divisor: int):
+        """The member's SlidingWindow; without a patch (a whole-volume network) one window of the whole image."""
+        from SegCore.inference.windows import SlidingWindow
+
+        s = member.settings
+        patch = s["patch_zyx"] or [math.ceil(n / divisor) * divisor for n in image_czyx.shape[1:]]
+        if member.window is None or list(member.window.patch_zyx) != list(patch):
+            previous = member.window
+            member.window = SlidingWindow(patch, overlap=s["overlap"], sigma_scale=s["sigma_scale"],
+                                          batch=previous.batch if previous else s["batch"],
+                                          stitch=previous.stitch if previous else "auto")
+        return member.window
+
+    def _coarse_to_fine(self, image_czyx: torch.Tensor, reference):
+        from SegCore.inference.coarse_to_fine import coarse_to_fine
+
+        if image_czyx.shape[0] != 1:
+            raise SegCoreError(f"the coarse-to-fine test takes one CT channel, the image has {image_czyx.shape[0]}")
+        models = {}
+        for member in self.members:
+            view = member.meta["sampler"].get("axis", "axial")
+            if view in models:
+                raise SegCoreError(f"two RSTN checkpoints were trained on the {view} plane",
+                                   path=member.checkpoint.path, fix="give one checkpoint per plane")
+            models[view] = member.checkpoint.build_model(self.device)
+        c2f = self.settings["coarse_to_fine"]
+        oracle = None if reference is None else torch.from_numpy(np.asarray(reference > 0))
+        result = coarse_to_fine(models, image_czyx[0], max_rounds=c2f["max_rounds"],
+                                convergence_dice=c2f["convergence_dice"], thresholds=c2f["thresholds"],
+                                largest_component=c2f["largest_component"], oracle_label=oracle,
+                                batch=self.settings["batch"], precision=self.settings["precision"],
+                                device=self.device)
+        info = {"strategy": "coarse_to_fine", "models": len(models), "planes": sorted(models),
+                **{k: result[k] for k in ("rounds", "converged", "inter_dice", "dice_at") if k in result}}
+        return result["probabilities"], None, 1, info
