@@ -1,4 +1,4 @@
-"""From a resolved plan to the parts the Trainer runs: the split, cached cases, loaders, network, fine-tuning.
+"""From a resolved plan to the parts the Trainer runs: the split, cached cases, the loader, network, fine-tuning.
 
 Each function reads its own part of the plan (docs/training.md lists the keys) and raises a SegCoreError naming
 the key or file for anything wrong, before the first step.
@@ -6,15 +6,12 @@ the key or file for anything wrong, before the first step.
 
 from __future__ import annotations
 
-import math
 import signal
 import threading
 from contextlib import contextmanager
 from pathlib import Path
 
 from SegCore.errors import SegCoreError
-
-VALIDATION_PATCHES_PER_CASE = 4  # validation on patches until the Predictor validates whole cases
 
 
 def split_cases(dataset, split: dict) -> tuple[list, list]:
@@ -60,28 +57,19 @@ def split_from_kind(kind: str, ids: list[str], split: dict, kfold_splits, pancre
     return kfold_splits(ids, folds, seed=int(split["seed"]))
 
 
-def build_loaders(plan: dict, train_cached: list, val_cached: list, dist, *, pin_memory: bool = False) -> tuple:
-    """(training loader, validation loader or None). The validation loader is unaugmented and always draws the
-    same patches (epoch 0 of its own seed), `VALIDATION_PATCHES_PER_CASE` per validation case in total."""
+def build_training_loader(plan: dict, train_cached: list, dist, *, pin_memory: bool = False):
+    """The training loader (augmented, `steps_per_epoch * accumulate` batches an epoch, this rank's share).
+    Validation needs none: it predicts whole cases (`SegCore.training.validation`)."""
     from SegCore.training.data import Sampler, build_loader, default_workers
     from SegCore.transforms import Augmentation
 
     training = plan["training"]
-    sampler = Sampler(plan["sampler"])
     workers = default_workers() if training["workers"] == "auto" else int(training["workers"])
-    common = {"batch_size": int(training["batch_size"]), "rank": dist.rank, "world_size": dist.world_size,
-              "workers": workers, "pin_memory": pin_memory}
-    train = build_loader(train_cached, sampler, Augmentation(plan["augmentation"]),
-                         steps_per_epoch=int(training["steps_per_epoch"]) * int(training["accumulate"]),
-                         seed=int(training["seed"]), even_batch=bool(training.get("even_batch", False)), **common)
-    if not val_cached:
-        return train, None
-    per_step = common["batch_size"] * dist.world_size
-    steps = max(1, math.ceil(VALIDATION_PATCHES_PER_CASE * len(val_cached) / per_step))
-    # Unaugmented crops are cheap: read in the main process rather than by a second set of persistent workers.
-    val = build_loader(val_cached, sampler, Augmentation.off(), steps_per_epoch=steps,
-                       seed=int(training["seed"]) + 1, **{**common, "workers": 0})
-    return train, val
+    return build_loader(train_cached, Sampler(plan["sampler"]), Augmentation(plan["augmentation"]),
+                        steps_per_epoch=int(training["steps_per_epoch"]) * int(training["accumulate"]),
+                        seed=int(training["seed"]), even_batch=bool(training.get("even_batch", False)),
+                        batch_size=int(training["batch_size"]), rank=dist.rank, world_size=dist.world_size,
+                        workers=workers, pin_memory=pin_memory)
 
 
 def pseudo_labels(plan: dict, dataset, out: Path, dist, device, log, progress) -> list:

@@ -7,9 +7,10 @@ float32 elsewhere), optional mixup, the loss (NaN/Inf stops the run naming the s
 `accumulate` micro-batches, gradient clipping, the optimizer and the per-batch schedule. Every
 `checkpoint_every_steps` steps and at each epoch's end: last.pt (everything needed to continue bit-exactly,
 data order included: a resumed epoch restarts its loader at the saved step). Every `validate_every` epochs:
-per-label Dice on deterministic validation patches, best.pt by `best_metric`, early stopping. SIGINT/SIGTERM
-stop at the next step boundary: last.pt, status 'stopped', the resume command printed, then the interrupt is
-raised again for the CLI. Any failure: status 'failed' with the one-line message, traceback in train.log.
+per-label Dice on the whole validation cases, predicted as inference predicts (sliding window or slices,
+validation.py), best.pt by `best_metric`, early stopping. SIGINT/SIGTERM stop at the next step boundary: last.pt,
+status 'stopped', the resume command printed, then the interrupt is raised again for the CLI. Any failure: status
+'failed' with the one-line message, traceback in train.log.
 """
 
 from __future__ import annotations
@@ -131,8 +132,8 @@ class Trainer:
         if spec is not None and spec is not False:
             self.loss_fn = components.class_weighted_loss(self.plan, spec, self.train_cached, self.log)
             self.loss_fn = self.loss_fn.to(self.device)
-        self.loader, self.val_loader = components.build_loaders(self.plan, self.train_cached, self.val_cached,
-                                                                self.dist, pin_memory=self.device.type == "cuda")
+        self.loader = components.build_training_loader(self.plan, self.train_cached, self.dist,
+                                                       pin_memory=self.device.type == "cuda")
 
     def _build_model(self) -> None:
         import logging
@@ -338,10 +339,10 @@ class Trainer:
         t = self.t
         due = (epoch + 1) % int(t["validate_every"]) == 0 or epoch + 1 == epochs
         improved = False
-        if due and self.val_loader is not None:
+        if due and self.val_cached:
             self._status("validating", epoch=epoch + 1, epochs=epochs)
-            metrics = validate(self.net, self.val_loader, self.loss_fn, self.label_names, self.dist, self.device,
-                               self.amp)
+            metrics = validate(self.net, self.val_cached, self.loss_fn, self.label_names, self.dist, self.device,
+                               self.amp, self.plan)
             self._train_mode()
             row.update(metrics)
             key = t["best_metric"]
@@ -375,7 +376,7 @@ class Trainer:
                      steps=total_steps, loss=row["loss"], last_metric=row.get(t["best_metric"]),
                      best_metric=self.best)
         patience = t["early_stopping"]["patience"]
-        if patience and due and self.val_loader is not None:
+        if patience and due and self.val_cached:
             validations = [r for r in self.history if t["best_metric"] in r]
             # "best" is the running best: it took its value at the validation that improved last.
             best_at = next((i for i, r in enumerate(validations) if r["best"] == self.best), 0)
@@ -439,9 +440,8 @@ def train_from_plan(plan: dict, out: Path, *, resume: bool = False, overwrite: b
             _final_status(trainer, "failed", describe(error).message)
         raise
     finally:
-        for loader in (getattr(trainer, "loader", None), getattr(trainer, "val_loader", None)):
-            if loader is not None:
-                loader.close()
+        if getattr(trainer, "loader", None) is not None:
+            trainer.loader.close()
         if trainer.run is not None:
             trainer.run.close()
         ddp.shutdown(getattr(trainer, "dist", ddp.DistInfo()))
