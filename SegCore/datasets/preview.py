@@ -66,6 +66,17 @@ def outline_labels(axis, view: View, plane: np.ndarray) -> None:
                      origin="upper", extent=view.extent_mm)
 
 
+def fill_labels(axis, view: View, plane: np.ndarray, alpha: float = 0.4) -> None:
+    """Fill each non-zero value of an integer label `plane` translucently in colour C<value> (a segmentation drawn
+    under a reference's outline)."""
+    from matplotlib.colors import ListedColormap
+
+    values = plane.astype(np.int64) % 10
+    colours = ListedColormap([f"C{v}" for v in range(10)])
+    axis.imshow(np.ma.masked_where(plane == 0, values), cmap=colours, vmin=-0.5, vmax=9.5, alpha=alpha,
+                origin="upper", extent=view.extent_mm, interpolation="nearest")
+
+
 def crossing_voxel(labels: np.ndarray | None, spacing_xyz_mm) -> np.ndarray | None:
     """The labelled voxel nearest (in mm) to the centre of all labelled voxels: (3,) int (z, y, x), or None
     without labelled voxels. Not the centre itself: that of a pair (two thalami) lies between them, outside."""
@@ -80,10 +91,12 @@ def crossing_voxel(labels: np.ndarray | None, spacing_xyz_mm) -> np.ndarray | No
     return foreground[int(np.argmin(distance))]
 
 
-def plot_case(image: Volume, label: Volume | None, title: str = "", *, centre_zyx=None):
+def plot_case(image: Volume, label: Volume | None, title: str = "", *, centre_zyx=None,
+              filled: Volume | None = None):
     """A matplotlib Figure (Agg canvas): axial, coronal and sagittal slices of channel 0.
 
-    image: (Z, Y, X) or (C, Z, Y, X); label: (Z, Y, X) integer on the same grid, or None.
+    image: (Z, Y, X) or (C, Z, Y, X); label: (Z, Y, X) integer on the same grid (outlined), or None; filled:
+    another label map on that grid drawn as translucent fill (a segmentation under its reference's outline).
     The slices cross at voxel `centre_zyx` (z, y, x), by default `crossing_voxel` of the label (so each view
     shows the label) or the image centre without one. A view less
     than two voxels across (the long views of a single slice) is left out. The grey window is the 0.5-99.5
@@ -118,6 +131,8 @@ def plot_case(image: Volume, label: Volume | None, title: str = "", *, centre_zy
     for axis, view, plane in zip(axes, views, planes, strict=True):
         axis.set_anchor("N")  # panels of different heights line up at the top
         show_view(axis, view, plane, vmin=low, vmax=high, bar_mm=scale_bar_mm(min(widths_mm)))
+        if filled is not None:
+            fill_labels(axis, view, view.plane(np.asarray(filled.array), centre[view.normal_axis]))
         if labels is not None:
             outline_labels(axis, view, view.plane(labels, centre[view.normal_axis]))
         index = int(centre[view.normal_axis])
@@ -128,6 +143,6 @@ def plot_case(image: Volume, label: Volume | None, title: str = "", *, centre_zy
 
 
 def write_case_preview(image: Volume, label: Volume | None, path: str | os.PathLike, title: str = "", *,
-                       centre_zyx=None) -> Path:
+                       centre_zyx=None, filled: Volume | None = None) -> Path:
     """Write `plot_case` as a PNG, atomically; returns the path."""
-    return save_figure(plot_case(image, label, title, centre_zyx=centre_zyx), path, dpi=100)
+    return save_figure(plot_case(image, label, title, centre_zyx=centre_zyx, filled=filled), path, dpi=100)
