@@ -7,13 +7,49 @@ zero-padding spatial sides up to the network's `divisor`.
     out = net_fn(padded)[..., :sizes[0], :sizes[1], :sizes[2]]   # the caller crops back
 
 A one-channel network predicts one sigmoid foreground map; its probabilities are [1 - p, p], so every strategy
-handles K' = max(K, 2) classes the same way.
+handles K' = max(K, 2) classes the same way. `network_function` makes the net_fn of a model, for the Predictor
+and for validation during training alike.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from contextlib import nullcontext
+
 import torch
 from torch import Tensor
+
+from SegCore.errors import SegCoreError
+
+
+def network_function(model: torch.nn.Module, device, precision: str | None = None) -> Callable[[Tensor], Tensor]:
+    """net_fn(x (B, C, *spatial) on `device`) -> float32 logits (B, K, *spatial) of `model` (in eval mode).
+
+    Runs under torch.inference_mode, and under autocast with `precision` ("float16", "bfloat16") on CUDA (None or
+    "float32": full precision). A deep-supervision list gives its first, full-resolution output; a network built
+    with `final_activation` (softmax or sigmoid) gives probabilities, which are turned back into logits.
+    """
+    device = torch.device(device)
+    autocast = (torch.autocast("cuda", dtype=getattr(torch, precision))
+                if device.type == "cuda" and precision not in (None, "float32") else nullcontext())
+    activation = getattr(model, "final_activation", None)
+
+    def net_fn(x: Tensor) -> Tensor:
+        with torch.inference_mode(), autocast:
+            out = model(x)
+        if isinstance(out, (list, tuple)):  # deep supervision: the full-resolution output comes first
+            out = out[0]
+        if not isinstance(out, Tensor):
+            raise SegCoreError(f"the network {type(model).__name__} returns a {type(out).__name__}, not logits",
+                               fix="use a network whose output is a logits tensor (B, K, ...)")
+        out = out.float()
+        if activation == "softmax":
+            return out.clamp_min(1e-8).log()
+        if activation == "sigmoid":
+            return torch.logit(out, eps=1e-6)
+        return out
+
+    return net_fn
 
 
 def probabilities(logits: Tensor) -> Tensor:

@@ -25,7 +25,6 @@ import json
 import math
 import os
 import time
-from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -34,6 +33,7 @@ import torch
 
 from SegCore.errors import SegCoreError
 from SegCore.inference.inputs import check_input
+from SegCore.inference.network import network_function
 from SegCore.inference.settings import inference_settings
 from SegCore.progress import ProgressEvent, no_progress
 from SegCore.volume import Volume
@@ -231,30 +231,12 @@ class Predictor:
         axes = [a + 1 for a in sorted(set(settings["mirror_axes"]))]
         return [()] + [c for n in range(1, len(axes) + 1) for c in itertools.combinations(axes, n)]
 
-    def _net_fn(self, model, final_activation: str | None = None):
-        """x (B, C, *spatial) on the device -> float32 logits, under inference_mode and the chosen precision."""
-        precision = self.settings["precision"]
-        autocast = (torch.autocast("cuda", dtype=getattr(torch, precision))
-                    if self.device.type == "cuda" and precision != "float32" else nullcontext())
-
-        def net_fn(x: torch.Tensor) -> torch.Tensor:
-            with torch.inference_mode(), autocast:
-                out = model(x)
-            out = out.float()
-            if final_activation == "softmax":  # the network gives probabilities: back to logits
-                return out.clamp_min(1e-8).log()
-            if final_activation == "sigmoid":
-                return torch.logit(out, eps=1e-6)
-            return out
-
-        return net_fn
-
     def _progress(self, done: int, total: int) -> None:
         self.progress(ProgressEvent("infer", done, total))
 
     def _strategy(self, member: _Member, model, image_czyx: torch.Tensor, info: dict) -> torch.Tensor:
         s = member.settings
-        net_fn = self._net_fn(model, member.meta["model"]["arguments"].get("final_activation"))
+        net_fn = network_function(model, self.device, self.settings["precision"])
         divisor = int(getattr(model, "divisor", 1))
         if s["strategy"] in ("slices", "stack25d"):
             from SegCore.inference.slices import predict_views
@@ -268,7 +250,7 @@ class Predictor:
             locator = self.locator.build_model(self.device)
             loc = s["locator"]
             probs, box = locate_then_segment(
-                self._net_fn(locator, self.locator.meta["model"]["arguments"].get("final_activation")),
+                network_function(locator, self.device, self.settings["precision"]),
                 lambda crop: self._window(member, crop, divisor)(net_fn, crop, device=self.device, divisor=divisor),
                 image_czyx, scale_zyx=loc["scale_zyx"], margin_voxels=loc["margin_voxels"],
                 crop_zyx=loc["crop_zyx"], divisor=int(getattr(locator, "divisor", 1)), device=self.device)

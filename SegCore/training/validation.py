@@ -17,7 +17,6 @@ over every case, summed across DDP ranks, and scored by `SegCore.metrics.overlap
 from __future__ import annotations
 
 import re
-from contextlib import nullcontext
 
 import numpy as np
 import torch
@@ -133,26 +132,15 @@ def _case_predictor(model, plan: dict, device, amp: str | None, *, overlap: floa
 
 
 def _net_fn(model, device, amp: str | None):
-    """(net_fn, seen): net_fn(x) -> float32 logits (B, K, *spatial) of `model` in inference mode, autocast on
-    CUDA when `amp`; seen["channels"] records K (1: a sigmoid network)."""
-    device = torch.device(device)
-    autocast = torch.autocast("cuda", dtype=getattr(torch, amp)) if amp and device.type == "cuda" else nullcontext()
-    activation = getattr(model, "final_activation", None)
+    """(net_fn, seen): inference's net_fn of `model` (autocast on CUDA when `amp`); seen["channels"] records the
+    number of output channels K (1: a sigmoid network)."""
+    from SegCore.inference.network import network_function  # training sits above inference: imported here
+
+    forward = network_function(model, device, amp)
     seen = {"channels": None}
 
     def net_fn(x: torch.Tensor) -> torch.Tensor:
-        with torch.inference_mode(), autocast:
-            out = model(x)
-        if isinstance(out, (list, tuple)):  # deep supervision: the full-resolution output comes first
-            out = out[0]
-        if not isinstance(out, torch.Tensor):
-            raise SegCoreError(f"the network {type(model).__name__} returns a {type(out).__name__}, not logits; "
-                               "validation cannot score it", fix="validate a network whose output is logits")
-        out = out.float()
-        if activation == "softmax":  # a network that ends in probabilities: back to logits, as the Predictor does
-            out = out.clamp_min(1e-8).log()
-        elif activation == "sigmoid":
-            out = torch.logit(out, eps=1e-6)
+        out = forward(x)
         seen["channels"] = int(out.shape[1])
         return out
 
