@@ -61,7 +61,8 @@ def _plan(data: Path, study: str, cases: list[str], epochs: int, seed: int, out:
               "split": {"kind": "lists", "train_list": str(lists["train"]),
                         "validation_list": str(lists["validation"])}}
     flags = {"epochs": epochs, "steps_per_epoch": DEMO_STEPS, "batch": DEMO_BATCH, "seed": seed}
-    plan = resolve_plan(config, tiny=True, flags=flags, facts=facts)
+    # A first plan with the smallest slices only to learn the padded image size (--tiny's 32 x 32 may not fit).
+    plan = resolve_plan(config, tiny=True, flags=flags, facts=facts, overrides=["sampler.size_yx=[8,8]"])
     padded = preprocessed_shape(plan["preprocessing"], facts) or (32, 32, 32)
     side = 8 * max(1, math.floor(min(padded[1:]) / 8))  # whole axial slices, a multiple of the U-Net's divisor
     return resolve_plan(config, tiny=True, flags=flags, facts=facts, overrides=[f"sampler.size_yx=[{side},{side}]"])

@@ -148,19 +148,22 @@ class Predictor:
         pre = self.preprocessing.apply(image, reference)
         seconds["preprocess"] = time.perf_counter() - start
         start = time.perf_counter()
-        image_czyx = torch.from_numpy(pre.image)
-        mean, square, passes, info = self._run_models(image_czyx, pre.label, want_variance=uncertainty and
+        record, grid_zyx = pre.record, list(pre.grid.shape_zyx)
+        image_czyx, reference_zyx = torch.from_numpy(pre.image), pre.label
+        del pre  # the preprocessed image lives on only as long as the networks need it
+        mean, square, passes, info = self._run_models(image_czyx, reference_zyx, want_variance=uncertainty and
                                                       self.settings["uncertainty"] == "variance")
+        del image_czyx
         seconds["network"] = time.perf_counter() - start
         start = time.perf_counter()
         label = self._label_values(mean)
-        label_volume = self.preprocessing.invert_label(label, pre.record)
+        label_volume = self.preprocessing.invert_label(label, record)
         probabilities_volume = uncertainty_volume = None
         if probabilities:
-            probabilities_volume = self.preprocessing.invert_probabilities(mean.numpy(), pre.record)
+            probabilities_volume = self.preprocessing.invert_probabilities(mean.numpy(), record)
             probabilities_volume = Volume(probabilities_volume.array.astype(np.float16), image.grid)
         if uncertainty:
-            uncertainty_volume = self._uncertainty(mean, square, passes, pre.record, image)
+            uncertainty_volume = self._uncertainty(mean, square, passes, record, image)
         seconds["to_input_grid"] = time.perf_counter() - start
         start = time.perf_counter()
         array = label_volume.array
@@ -174,18 +177,20 @@ class Predictor:
         seconds["postprocess"] = time.perf_counter() - start
         info.update(passes=passes, seconds={k: round(v, 4) for k, v in seconds.items()},
                     device=self.device_info.name, precision=self.settings["precision"],
-                    network_grid_zyx=list(pre.grid.shape_zyx))
+                    network_grid_zyx=grid_zyx)
         return Prediction(Volume(np.ascontiguousarray(array), image.grid), probabilities_volume, uncertainty_volume,
                           warnings, info)
 
     def _label_values(self, mean: torch.Tensor) -> np.ndarray:
         """argmax over classes -> label values (class i is the i-th label of the checkpoint), uint8/uint16."""
-        index = mean.argmax(0).numpy()
         values = [int(label["value"]) for label in self.labels]
         dtype = np.uint8 if max(values + [mean.shape[0] - 1]) <= 255 else np.uint16
+        index = np.empty(mean.shape[1:], dtype)
+        for z in range(0, mean.shape[1], 8):  # torch's argmax gives int64: in slabs, not a volume of 8-byte ints
+            index[z:z + 8] = mean[:, z:z + 8].argmax(0).numpy()
         if len(values) == mean.shape[0] and values != list(range(len(values))):
             return np.asarray(values, dtype=dtype)[index]
-        return index.astype(dtype)
+        return index
 
     def _uncertainty(self, mean, square, passes, record, image) -> Volume:
         """Entropy (nats) of the mean probabilities, or the variance over the passes averaged over the classes;
