@@ -42,6 +42,7 @@ bench:
 	.venv-bench/bin/python -m pip install --quiet -r benchmarks/requirements.txt
 	.venv-bench/bin/python benchmarks/metrics.py
 	.venv-bench/bin/python benchmarks/training.py --part all
+	.venv-bench/bin/python benchmarks/inference.py
 
 clean:
 	rm -rf $(VENV) .venv-bench $(DEMO_OUT) .pytest_cache

@@ -1,0 +1,423 @@
+"""Inference benchmark: SegStudies' sliding window beside MONAI's `sliding_window_inference` and the floor (the
+bare forward passes its windows need), file to file with the `Predictor` and `segcore predict` against that floor
+with their peak memory, and on CUDA float16 against float32.
+
+    .venv-bench/bin/python benchmarks/inference.py            # CPU (and CUDA where there is one); rewrites RESULTS.md
+    .venv-bench/bin/python benchmarks/inference.py --quick    # small inputs, under a minute idle, writes nothing
+
+One network, one input and one setting for all: the atrium study's V-Net with its `small` arguments (`--model
+unet3d`: the decathlon U-Net's), seeded and untrained, eval, under torch.inference_mode; windows of PATCH_ZYX,
+overlap 0.5, Gaussian weights with sigma 0.125 x side, the same windows per forward pass (the settings' "auto"
+batch of the device), no mirroring. Inputs: CT-sized (300x512x512, z first) and MR-sized (88x640x640, the atrium
+study's). On the CPU, which others may share, each batch of a method is followed by its bare forward pass, timed
+apart, so the method and its floor meet the same load (`compare`). File to file: an int16 CT NIfTI and a
+checkpoint written as training writes one; fresh processes read, predict and write the label map, and their peak
+RSS (ru_maxrss, through `LAUNCHER`) is set against the input's float32 size.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # run from a checkout without installing SegCore
+RESULTS = ROOT / "benchmarks" / "RESULTS.md"
+INPUTS = {"CT-sized": (300, 512, 512), "MR-sized": (88, 640, 640)}
+QUICK_INPUTS = {"CT-sized": (48, 160, 160), "MR-sized": (32, 192, 192)}
+PATCH_ZYX, QUICK_PATCH_ZYX = [64, 128, 128], [32, 64, 64]
+MB = 1e6
+
+
+def make_image(shape_zyx, seed: int = 0) -> np.ndarray:
+    """(Z, Y, X) float32, z-scored: a smooth background, a brighter ellipsoid in the middle, Gaussian noise."""
+    rng = np.random.default_rng(seed)
+    z, y, x = (np.arange(n, dtype=np.float32) for n in shape_zyx)
+    image = rng.standard_normal(shape_zyx, dtype=np.float32)
+    image *= 0.3
+    image += np.sin(z / 9)[:, None, None] * np.cos(y / 31)[None, :, None]
+    image += np.sin(x / 23)[None, None, :]
+    radius = [((a - n / 2) / (n / 4)) ** 2 for a, n in zip((z, y, x), shape_zyx, strict=True)]
+    image += 2.5 * (radius[0][:, None, None] + radius[1][None, :, None] + radius[2][None, None, :] <= 1)
+    image -= image.mean()
+    image /= image.std()
+    return image
+
+
+def make_plan(folder: Path, model: str, patch_zyx: list[int]) -> dict:
+    """The resolved `--tiny` plan of `model` (its `small` arguments) on a small atrium phantom, with the inference
+    patch set: what `segcore train --tiny` would write into the checkpoint."""
+    from SegCore.phantoms import write_phantom_dataset
+    from SegCore.training.config import resolve_plan
+    from SegCore.training.derive import data_facts
+
+    root = folder / "phantom"
+    write_phantom_dataset("atrium", root, cases=2, seed=0, size_zyx=(20, 40, 40))
+    config = {"data": {"root": str(root)}, "model": {"name": model}, "inference": {"patch_zyx": patch_zyx}}
+    return resolve_plan(config, tiny=True, facts=data_facts(root))
+
+
+class NetFn:
+    """The network as a net_fn: float32 (B, C, *patch) on the device -> float32 logits (B, K, *patch), in the
+    settings' precision. Logs each call's batch size and forward time (CUDA events on a GPU, so that the log
+    never makes the host wait for the device)."""
+
+    def __init__(self, net: torch.nn.Module, device: torch.device, precision: str):
+        self.net, self.device = net, device
+        self.dtype = {"float32": None, "float16": torch.float16, "bfloat16": torch.bfloat16}[precision]
+        self.reset()
+
+    def reset(self) -> None:
+        self.batches: list[int] = []
+        self._seconds, self._events = 0.0, []
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        with torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype is not None):
+            if self.device.type == "cuda":
+                start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                start.record()
+                out = self.net(x)
+                end.record()
+                self._events.append((start, end))
+            else:
+                began = time.perf_counter()
+                out = self.net(x)
+                self._seconds += time.perf_counter() - began
+        self.batches.append(int(x.shape[0]))
+        return out.float()
+
+    def forward_seconds(self) -> float:
+        if self._events:
+            torch.cuda.synchronize()
+        return self._seconds + sum(start.elapsed_time(end) for start, end in self._events) / 1000
+
+
+def timed(run, device: torch.device) -> tuple[float, object]:
+    """(wall seconds, result) of `run()` under inference_mode."""
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    began = time.perf_counter()
+    with torch.inference_mode():
+        result = run()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return time.perf_counter() - began, result
+
+
+def methods(fn: NetFn, image_czyx: torch.Tensor, settings: dict, device: torch.device, divisor: int,
+            after_batch) -> dict:
+    """name -> run() returning probabilities (K, Z, Y, X) float32 on the CPU; each calls `after_batch(b)` after
+    every forward pass of b windows (SegStudies through its progress callback, MONAI through its predictor)."""
+    from monai.inferers import sliding_window_inference
+
+    from SegCore.inference.windows import SlidingWindow
+
+    patch, batch = settings["patch_zyx"], settings["batch"]
+    window = SlidingWindow(patch, overlap=settings["overlap"], sigma_scale=settings["sigma_scale"], batch=batch)
+
+    def predictor(x):
+        out = torch.softmax(fn(x), 1)
+        after_batch(int(x.shape[0]))
+        return out
+
+    def monai():
+        return sliding_window_inference(image_czyx[None], patch, batch, predictor, overlap=settings["overlap"],
+                                        mode="gaussian", sigma_scale=settings["sigma_scale"], sw_device=device,
+                                        device=device)[0].cpu()
+    return {"SegStudies": lambda: window(fn, image_czyx, device=device, divisor=divisor,
+                                         progress=lambda done, total: after_batch(fn.batches[-1])),
+            "MONAI": monai}
+
+
+def compare(image_zyx: np.ndarray, net, settings: dict, device: torch.device, repeats: int) -> dict:
+    """Per method: wall time, its floor and the network's time inside the run (the round of least wall time of
+    `repeats`), and how far MONAI's probabilities and labels are from SegStudies'.
+
+    The floor runs the same batches through the network on the first window's crop, nothing else. On the CPU each
+    batch of a method is followed by its bare pass (timed apart, and taken off the method's time), so that both
+    meet the same load from elsewhere on the machine; on CUDA, where stopping to time one pass would stall the
+    queue, the floor runs alone after each method."""
+    image = torch.from_numpy(image_zyx[None])
+    patch, paired = settings["patch_zyx"], device.type == "cpu"
+    fn, bare = NetFn(net, device, settings["precision"]), NetFn(net, device, settings["precision"])
+    crop = image[:, :patch[0], :patch[1], :patch[2]]
+    inputs = {b: crop.expand(b, *crop.shape).contiguous().to(device) for b in range(1, settings["batch"] + 1)}
+    spent = [0.0]
+
+    def pair(b: int) -> None:
+        if paired:
+            began = time.perf_counter()
+            bare(inputs[b])
+            spent[0] += time.perf_counter() - began
+
+    def floor():
+        for b in fn.batches:
+            bare(inputs[b])
+    small = image[:, :patch[0] * 3 // 2, :patch[1] * 3 // 2]
+    for run in methods(fn, small, settings, device, net.divisor, pair).values():  # imports, allocator: untimed
+        timed(run, device)
+    best, outputs = {}, {}
+    for round_index in range(repeats):
+        for name, run in methods(fn, image, settings, device, net.divisor, pair).items():
+            fn.reset()
+            bare.reset()
+            spent[0] = 0.0
+            wall, out = timed(run, device)
+            row = {"wall_s": wall - spent[0], "forward_s": fn.forward_seconds(), "windows": sum(fn.batches)}
+            row["floor_s"] = bare.forward_seconds() if paired else timed(floor, device)[0]
+            if name not in best or row["wall_s"] < best[name]["wall_s"]:
+                best[name] = row
+            if round_index == 0:
+                outputs[name] = out
+            del out
+            print(f"  {name}: {row['wall_s']:.2f} s, floor {row['floor_s']:.2f} s, {row['windows']} windows",
+                  file=sys.stderr, flush=True)
+    ours, theirs = outputs["SegStudies"], outputs["MONAI"]
+    best["MONAI"]["max_abs_dp"] = float((ours - theirs).abs_().max())
+    best["MONAI"]["labels_agree"] = float((ours.argmax(0) == theirs.argmax(0)).double().mean())
+    return best
+
+
+def precision_compare(image_zyx: np.ndarray, net, settings: dict, device: torch.device, repeats: int) -> dict:
+    """CUDA only: SegStudies' sliding window in float32 and in float16 (best of `repeats`), labels agreeing."""
+    rows, labels = {}, {}
+    for precision in ("float32", "float16"):
+        fn = NetFn(net, device, precision)
+        run = methods(fn, torch.from_numpy(image_zyx[None]), settings, device, net.divisor, lambda b: None)
+        timed(run["SegStudies"], device)  # warm-up: cuDNN picks its kernels for this precision
+        walls = []
+        for _ in range(repeats):
+            wall, out = timed(run["SegStudies"], device)
+            walls.append(wall)
+        rows[precision], labels[precision] = min(walls), out.argmax(0)
+    return {**rows, "labels_agree": float((labels["float32"] == labels["float16"]).double().mean())}
+
+
+def write_inputs(folder: Path, image_zyx: np.ndarray, plan: dict, net) -> tuple[Path, Path]:
+    """The CT-sized input as an int16 NIfTI (CT's usual storage) and the checkpoint of `net` with `plan`."""
+    from SegCore.io.images import write_image
+    from SegCore.training.checkpoint import capture_rng_state, checkpoint_meta, save_checkpoint
+    from SegCore.volume import Volume
+
+    image_path, checkpoint = folder / "ct.nii.gz", folder / "model.pt"
+    hu = np.clip(np.rint(image_zyx * 200), -1024, 3071).astype(np.int16)
+    write_image(Volume.create(hu, spacing_xyz_mm=(0.7, 0.7, 1.0)), image_path)
+    save_checkpoint(checkpoint, model_state=net.state_dict(), epoch=1, step=0, best_metric=None, history=[],
+                    rng_state=capture_rng_state(), meta=checkpoint_meta(plan))
+    return image_path, checkpoint
+
+
+# Runs one command and prints its wall time and peak RSS. A child's ru_maxrss starts from the RSS of the process
+# that forked it (exec records the old address space's peak), so the measured process must be forked by this small,
+# fresh launcher, never by the benchmark, which holds the whole volume.
+LAUNCHER = """import json, resource, subprocess, sys, time
+began = time.perf_counter()
+code = subprocess.call(sys.argv[1:])
+peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024
+print(json.dumps({"wall_s": time.perf_counter() - began, "peak_rss_bytes": peak, "code": code}))"""
+
+
+def process(command: list[str], threads: int) -> tuple[dict, list[str]]:
+    """({wall_s, peak_rss_bytes}, the command's stdout lines) of one fresh process, run by LAUNCHER."""
+    env = {**os.environ, **{name: str(threads) for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")}}
+    done = subprocess.run([sys.executable, "-c", LAUNCHER, *command], stdout=subprocess.PIPE, text=True, env=env,
+                          check=True)
+    *lines, last = done.stdout.strip().splitlines()
+    measured = json.loads(last)
+    if measured.pop("code"):
+        raise RuntimeError(f"exit code {measured['code']}: {' '.join(command)}")
+    return measured, lines
+
+
+def file_to_file(image_path: Path, checkpoint: Path, settings: dict, device: torch.device, threads: int) -> dict:
+    """Two fresh processes: the Predictor (its own times of read, predict, write) and `segcore predict`."""
+    measured, lines = process([sys.executable, str(Path(__file__).resolve()), "--child-file", str(image_path),
+                               str(checkpoint), "--device", device.type, "--threads", str(threads), "--settings",
+                               json.dumps(settings)], threads)
+    rows = {"Predictor: read, predict, write": {**json.loads(lines[-1]), "peak_rss_bytes": measured["peak_rss_bytes"]}}
+    if device.type == "cpu":  # `segcore predict` has no --no-tta, and CUDA's "auto" mirrors 8 times
+        measured, _ = process([sys.executable, "-m", "SegCore", "predict", "--model", str(checkpoint), "--input",
+                               str(image_path), "--output", str(image_path.with_name("command.nii.gz")),
+                               "--device", device.type, "--batch", str(settings["batch"]), "--overlap",
+                               str(settings["overlap"])], threads)
+        rows["`segcore predict`, the whole process"] = {"total_s": measured["wall_s"],
+                                                        "peak_rss_bytes": measured["peak_rss_bytes"]}
+    return rows
+
+
+def child_file(args) -> int:
+    """Read the image, predict with `Predictor`, write the label map; print one JSON line of times."""
+    torch.set_num_threads(args.threads)
+    from SegCore.inference import Predictor, read_input
+    from SegCore.io.images import write_image
+    from SegCore.models import MODELS
+
+    settings = json.loads(args.settings)
+    windows = []  # the network's input batch sizes, counted where every module call passes (no wrapper)
+    network_types = tuple(spec.builder for spec in MODELS.values())
+    torch.nn.modules.module.register_module_forward_pre_hook(
+        lambda module, inputs: windows.append(int(inputs[0].shape[0])) if type(module) in network_types else None)
+    status = Path("/proc/self/status").read_text()  # the RSS now (this process's own ru_maxrss is the forker's)
+    after_imports = int(status.split("VmRSS:")[1].split()[0]) * 1024
+    image_path, checkpoint = Path(args.child_file[0]), Path(args.child_file[1])
+    began = time.perf_counter()
+    volume = read_input([image_path])
+    read = time.perf_counter()
+    predictor = Predictor([checkpoint], device=args.device[0], settings=settings)
+    result = predictor.predict(volume)
+    predicted = time.perf_counter()
+    write_image(result.label, image_path.with_name("label.nii.gz"))
+    done = time.perf_counter()
+    print(json.dumps({"read_s": read - began, "predict_s": predicted - read, "write_s": done - predicted,
+                      "total_s": done - began, "stages_s": result.info["seconds"], "windows": sum(windows),
+                      "after_imports_bytes": after_imports,
+                      "threads": torch.get_num_threads()}))
+    return 0
+
+
+def section(report: dict, args, command: str) -> str:
+    from benchmarks.metrics import lscpu_machine, version
+
+    s = next(iter(report["settings"].values()))
+    per_device = ", ".join(f"{d}: {v['batch']} window(s) per forward pass, {v['precision']}"
+                           for d, v in report["settings"].items())
+    lines = ["## Inference", "",
+             f"Machine: {lscpu_machine()}, {report['ram_gb']:.0f} GB RAM, Python {platform.python_version()}, "
+             f"torch {torch.__version__} ({report['threads']} threads: `torch.get_num_threads()`), numpy "
+             f"{np.__version__}. Versions: SegStudies {version('SegCore')}, MONAI {version('monai')}.",
+             f"Command: `{command}` (the best of {args.repeats} run(s) per method). Load average (1 min) before and "
+             f"after: {report['load'][0]:.1f}, {report['load'][1]:.1f} on {os.cpu_count()} CPUs.",
+             f"Network: `{args.model}` with its `small` arguments ({report['parameters']:,} parameters), seeded, "
+             f"untrained, eval, torch.inference_mode. Settings: patch {'x'.join(map(str, s['patch_zyx']))} (z, y, "
+             f"x), overlap {s['overlap']}, Gaussian sigma {s['sigma_scale']} x side, no mirroring; {per_device}.",
+             "Floor: the same batches through the network alone (on the CPU each batch of the method is followed by "
+             "its bare pass, timed apart and not counted in the method's time, so both meet the same load; on CUDA "
+             "it runs after the method). Forward inside: the network's own time within the method's run; beyond "
+             "forward: the rest of the run (crops, softmax, stitching) as a share of it.", "",
+             "| device | input (z, y, x) | method | windows | wall (s) | floor (s) | wall / floor "
+             "| forward inside (s) | beyond forward | max abs. prob. difference from SegStudies | labels agreeing |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for (device, name), rows in report["compare"].items():
+        for method, r in rows.items():
+            extra = f"{r['max_abs_dp']:.1e} | {100 * r['labels_agree']:.4f} %" if "max_abs_dp" in r else " | "
+            lines.append(f"| {device} | {name} {'x'.join(map(str, report['shapes'][name]))} | {method} "
+                         f"| {r['windows']} | {r['wall_s']:.2f} | {r['floor_s']:.2f} | {r['wall_s'] / r['floor_s']:.3f}"
+                         f" | {r['forward_s']:.2f} | {100 * (1 - r['forward_s'] / r['wall_s']):.1f} % | {extra} |")
+    lines += ["", "File to file on the CT-sized input (int16 .nii.gz in, uint8 .nii.gz label out), one fresh process "
+              "each; floor: the CT floor above per window, times the Predictor's windows (run at another time, so "
+              "load from elsewhere on the machine is not paired here):", "",
+              "| device | what | read (s) | predict (s) | of which (s) | write (s) | total (s) | floor (s) "
+              "| total / floor | peak RSS (MB) | RSS after imports (MB) | float32 input (MB) | peak / input |",
+              "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for (device, what), f in report["file"].items():
+        cells = [f"{f[k]:.2f}" if k in f else "" for k in ("read_s", "predict_s", "write_s", "total_s")]
+        cells.insert(2, ", ".join(f"{k} {v:.2f}" for k, v in f.get("stages_s", {}).items()))
+        after = f"{f['after_imports_bytes'] / MB:.0f}" if "after_imports_bytes" in f else ""
+        lines.append(f"| {device} | {what} | {' | '.join(cells)} | {f['floor_s']:.2f} "
+                     f"| {f['total_s'] / f['floor_s']:.3f} | {f['peak_rss_bytes'] / MB:.0f} | {after} "
+                     f"| {f['input_bytes'] / MB:.0f} | {f['peak_rss_bytes'] / f['input_bytes']:.2f} |")
+    lines += ["", "Targets:", ""]
+    verdict = {True: "met", False: "not met"}
+    for (device, name), rows in report["compare"].items():
+        ratio = rows["SegStudies"]["wall_s"] / rows["SegStudies"]["floor_s"]
+        lines.append(f"- sliding window within 3 % of the floor, {device}, {name}: {ratio:.3f}x, "
+                     f"{verdict[ratio <= 1.03]}")
+    for (device, what), f in report["file"].items():
+        ratio, memory = f["total_s"] / f["floor_s"], f["peak_rss_bytes"] / f["input_bytes"]
+        lines.append(f"- file to file within 1.25x of the floor, {device}, {what}: {ratio:.3f}x, "
+                     f"{verdict[ratio <= 1.25]}; peak RAM below 3x the float32 input: {memory:.2f}x, "
+                     f"{verdict[memory < 3]}")
+    if report["precision"]:
+        p = report["precision"]
+        speed = p["float32"] / p["float16"]
+        lines.append(f"- CUDA float16 at least 2x faster than float32: {p['float32']:.2f} s / {p['float16']:.2f} s "
+                     f"= {speed:.2f}x, {verdict[speed >= 2]}; labels agreeing {100 * p['labels_agree']:.4f} % "
+                     f"(> 99.9 %: {verdict[p['labels_agree'] > 0.999]})")
+    else:
+        lines.append("- CUDA float16 against float32 (at least 2x faster, > 99.9 % of labels agreeing): not run, "
+                     "no CUDA device here")
+    return "\n".join([*lines, ""])
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    cuda = torch.cuda.is_available()
+    parser.add_argument("--device", nargs="+", choices=("cpu", "cuda"), default=["cpu", "cuda"] if cuda else ["cpu"])
+    parser.add_argument("--model", choices=("vnet", "unet3d"), default="vnet")
+    parser.add_argument("--repeats", type=int, default=1, help="timed runs per method (the best is kept)")
+    parser.add_argument("--batch", type=int, default=None, help="windows per forward pass (default: the device's)")
+    parser.add_argument("--threads", type=int, default=torch.get_num_threads(), help="torch.set_num_threads")
+    parser.add_argument("--quick", action="store_true", help="small inputs and patch; RESULTS.md is not written")
+    parser.add_argument("--no-write", action="store_true", help="print the section, do not update RESULTS.md")
+    parser.add_argument("--child-file", nargs=2, help=argparse.SUPPRESS)
+    parser.add_argument("--settings", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.child_file:
+        return child_file(args)
+    torch.set_num_threads(args.threads)
+    from SegCore.inference.settings import inference_settings
+    from SegCore.models import build_model
+    from SegCore.training.checkpoint import checkpoint_meta
+
+    inputs, patch = (QUICK_INPUTS, QUICK_PATCH_ZYX) if args.quick else (INPUTS, PATCH_ZYX)
+    report = {"compare": {}, "file": {}, "settings": {}, "precision": None, "shapes": inputs,
+              "threads": torch.get_num_threads(),
+              "ram_gb": os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 1e9}
+    print(f"torch threads: {report['threads']}", file=sys.stderr)
+    load_before = os.getloadavg()[0]
+    with tempfile.TemporaryDirectory(prefix="segcore-inference-bench-") as tmp:
+        plan = make_plan(Path(tmp), args.model, patch)
+        torch.manual_seed(0)
+        net = build_model(plan["model"]["name"], **plan["model"]["arguments"]).eval()
+        report["parameters"] = sum(p.numel() for p in net.parameters())
+        for device_name in args.device:
+            device = torch.device(device_name)
+            settings = inference_settings(checkpoint_meta(plan), {"tta": False, "batch": args.batch},
+                                          device_type=device.type)
+            report["settings"][device_name] = settings
+            net.to(device)
+            for name, shape in inputs.items():
+                print(f"[{device_name}] {name} {shape}", file=sys.stderr, flush=True)
+                image = make_image(shape)
+                report["compare"][(device_name, name)] = compare(image, net, settings, device, args.repeats)
+                if name == "CT-sized" and device.type == "cuda":
+                    report["precision"] = precision_compare(image, net, settings, device, args.repeats)
+                if name == "CT-sized":
+                    image_path, checkpoint = write_inputs(Path(tmp), image, plan, net.cpu())
+                    net.to(device)
+                    keep = {k: settings[k] for k in ("overlap", "sigma_scale", "batch", "tta", "precision")}
+                    rows = file_to_file(image_path, checkpoint, keep, device, args.threads)
+                    ours = report["compare"][(device_name, name)]["SegStudies"]
+                    windows = rows["Predictor: read, predict, write"]["windows"]
+                    for what, row in rows.items():
+                        row.update(floor_s=ours["floor_s"] / ours["windows"] * windows, input_bytes=image.size * 4)
+                        report["file"][(device_name, what)] = row
+                del image
+    report["load"] = (load_before, os.getloadavg()[0])
+    command = " ".join([os.path.relpath(sys.executable) if sys.executable.startswith(str(ROOT)) else sys.executable,
+                        "benchmarks/inference.py", *(argv if argv is not None else sys.argv[1:])])
+    text = section(report, args, command)
+    print(text)
+    if not (args.quick or args.no_write):
+        from benchmarks.metrics import replace_section
+        from SegCore.atomic import atomic_file
+
+        results = replace_section(RESULTS.read_text() if RESULTS.exists() else "# Benchmark results\n\n", text)
+        with atomic_file(RESULTS) as tmp_path:
+            tmp_path.write_text(results)
+        print(f"updated {RESULTS}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
