@@ -177,10 +177,17 @@ def barrier(info: DistInfo) -> None:
         dist.barrier()
 
 
-def shutdown(info: DistInfo) -> None:
-    """Leave the process group (each rank, at the end or after a failure)."""
+def shutdown(info: DistInfo, *, finished: bool = False) -> None:
+    """Leave the process group (each rank, at the end or after a failure). Free the DDP wrapper first (see
+    `train_from_plan`). finished: every rank got to the end, so a barrier first lets every collective in flight
+    complete before the group's threads are joined (after a failure the other ranks may never reach it)."""
     if info.enabled:
+        import gc
+
         import torch.distributed as dist
 
         if dist.is_initialized():
+            gc.collect()  # what still wraps the group (DDP's reducer) dies now, before the group does
+            if finished:
+                dist.barrier()
             dist.destroy_process_group()
