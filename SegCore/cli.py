@@ -26,7 +26,7 @@ import traceback
 
 from SegCore.progress import make_progress
 
-COMMANDS = ("demo", "phantoms", "inspect", "convert", "evaluate", "models", "train", "predict", "export")
+COMMANDS = ("demo", "phantoms", "inspect", "convert", "evaluate", "models", "train", "run", "predict", "export")
 
 
 class Terminated(KeyboardInterrupt):
@@ -146,7 +146,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"segcore {args.command}: error: {failure.message}{suffix}", file=sys.stderr)
         return 1
     created = set(scope.created_folders)  # the top-most ones: what was missing above the outputs
-    created = [p for p in scope.created_folders if p.parent not in created]
+    created = [p for p in scope.created_folders if not created.intersection(p.parents)]
     if created:
         print("created folder(s): " + ", ".join(str(p) for p in created), file=sys.stderr)
         result = {**result, "created_folders": [str(p) for p in created]}

@@ -95,3 +95,13 @@ def test_inspect_reads_sizes_in_the_spacing_order_and_explains_the_label_rule(tm
     laendo = np.unique(read_image(next(data.rglob("laendo.nrrd"))).array)
     assert laendo.tolist() == [0, 255]  # the file stores 0/255; the table shows what is read, and says so
     assert "stored 255 is read as 1" in result.stdout
+
+
+@pytest.mark.parametrize("command", ["train", "run"])
+def test_repeated_set_options_all_reach_the_plan(command):
+    from SegCore.cli import build_parser
+
+    args = build_parser().parse_args([command, "--out", "RUN", "--set", "optim.lr=1e-3", "training.epochs=2",
+                                      "--set", "training.seed=4"])
+    assert args.overrides == ["optim.lr=1e-3", "training.epochs=2", "training.seed=4"]
+    assert build_parser().parse_args([command, "--out", "RUN"]).overrides == []  # the default is not shared

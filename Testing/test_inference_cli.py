@@ -173,6 +173,25 @@ def test_one_file_gives_a_seg_nrrd_named_by_the_checkpoint_and_probabilities_on_
     assert uncertainty.array.shape == SHAPE_ZYX and np.isfinite(uncertainty.array).all()
 
 
+def test_tta_on_in_the_plan_is_switched_off_by_no_tta_and_kept_without_a_flag(tmp_path):
+    from SegCore.cli import build_parser
+    from SegCore.commands.predict import requested_settings
+
+    head = ["predict", "--model", "m.pt", "--input", "a.nii.gz", "--output", "b.nii.gz"]
+    assert [requested_settings(build_parser().parse_args(head + flag)).get("tta", "plan")
+            for flag in (["--tta"], ["--no-tta"], [])] == [True, False, "plan"]
+    model = tiny_checkpoint(tmp_path / "tta.pt", "unet3d", study="atrium", size_zyx=(16, 24, 24),
+                            plan={"inference": {"tta": True, "mirror_axes": [2]}})
+    source = write_image(oblique_image(1), tmp_path / "case.nii.gz")
+    passes = []
+    for flag in (["--no-tta"], []):
+        result = segcore("--model", model, "--input", source, "--output", tmp_path / "pred.nii.gz", *flag,
+                         progress="json")
+        assert result.returncode == 0, result.stderr
+        passes.append(json.loads(result.stdout.splitlines()[-1])["info"]["passes"])
+    assert passes == [1, 2]  # off; the plan's: unmirrored and mirrored along x
+
+
 def test_a_checkpoint_for_another_number_of_channels_is_refused_in_one_line(tmp_path, model):
     source = write_image(oblique_image(2, channels=2), tmp_path / "two_channels.nii.gz")
     result = segcore("--model", model, "--input", source, "--output", tmp_path / "pred.nii.gz")

@@ -105,6 +105,24 @@ def test_an_ensemble_of_two_identical_checkpoints_equals_one(tmp_path):
     assert two.info["models"] == 2
 
 
+def test_one_pass_takes_its_labels_in_bands_as_the_argmax_and_never_changes_the_input(tmp_path):
+    path = tiny_checkpoint(tmp_path / "u.pt", "unet3d", seed=2)  # 4 channels, 4 classes
+    grid = Grid((45, 30, 26), (1.0, 1.2, 0.9), (3.0, -2.0, 1.0), tuple(map(tuple, np.eye(3))))
+    data = np.random.default_rng(2).normal(size=(4, *grid.shape_zyx)).astype(np.float32)
+    image = Volume(data.copy(), grid)
+    predictor = Predictor(path, device="cpu", settings={"tta": False})
+    banded = predictor.predict(image)
+    whole = predictor.predict(image, probabilities=True)  # the (K, Z, Y, X) probabilities: no bands
+    assert banded.info["labels_in_bands"] and not whole.info["labels_in_bands"]
+    assert predictor.members[0].window.classes == 4 and len(np.unique(banded.label.array)) > 1
+    np.testing.assert_array_equal(banded.label.array, whole.label.array)
+    np.testing.assert_array_equal(image.array, data)  # bit for bit: the preprocessing worked on its own copy
+    source = write_image(image, tmp_path / "case.nii.gz")
+    read = predictor.predict_files([source])  # reads the file itself, and frees it once preprocessed
+    assert read.label.grid.mismatch(grid) is None
+    np.testing.assert_array_equal(read.label.array, banded.label.array)
+
+
 def test_a_2d_model_segments_slice_by_slice_on_the_input_grid(tmp_path):
     path = tiny_checkpoint(tmp_path / "u2d.pt", "unet2d", plan={"sampler": {"axis": "coronal"}},
                            size_zyx=(32, 40, 40))
@@ -187,6 +205,25 @@ def test_locate_then_segment_through_the_predictor_pastes_the_crop_back_in_place
     assert not inside[24, 8, 40] and (image > 0.3)[24, 8, 40]  # the faint bump lies outside the box
     np.testing.assert_array_equal(prediction.label.array, ((image > 0.3) & inside).astype(np.uint8))
     assert prediction.label.grid == grid
+
+
+def test_a_locator_given_to_the_predictor_is_used_although_the_plan_names_none(tmp_path):
+    with threshold_net_registered():
+        common = {"data": {"channels": ["FLAIR"]}, "preprocessing": [],
+                  "sampler": {"kind": "patch3d", "patch_zyx": [8, 8, 8]}}
+        locator = tiny_checkpoint(tmp_path / "locator.pt", "threshold_net",
+                                  plan={**common, "model": {"arguments": {"threshold": 0.9}}})
+        segmenter = tiny_checkpoint(tmp_path / "segmenter.pt", "threshold_net", plan={
+            **common, "model": {"arguments": {"threshold": 0.3}},
+            "inference": {"locator": {"scale_zyx": [0.5, 0.5, 0.5], "margin_voxels": 2, "crop_zyx": [8, 8, 8]}}})
+        grid = Grid((16, 24, 24), (1.0, 1.0, 1.0), (0.0, 0.0, 0.0), tuple(map(tuple, np.eye(3))))
+        image = np.zeros(grid.shape_zyx, np.float32)
+        image[2:6, 2:6, 2:6], image[12:15, 18:22, 18:22] = 1.0, 0.5  # the second only the segmenter sees
+        plain = Predictor(segmenter, device="cpu").predict(Volume(image, grid))
+        located = Predictor(segmenter, device="cpu", locator=locator).predict(Volume(image, grid))
+    assert plain.info["strategy"] != "locate_segment" and plain.label.array[13, 20, 20] == 1
+    assert located.info["strategy"] == "locate_segment" and located.label.array[13, 20, 20] == 0
+    assert located.label.array[3, 3, 3] == 1
 
 
 def test_rstn_checkpoints_for_three_planes_run_coarse_to_fine(tmp_path):

@@ -11,7 +11,7 @@ import scipy.special
 import torch
 
 from SegCore.errors import SegCoreError
-from SegCore.inference.network import pad_to_multiple, probabilities
+from SegCore.inference.network import class_indices, pad_to_multiple, probabilities
 from SegCore.inference.windows import SlidingWindow, gaussian_importance, window_starts
 
 
@@ -193,6 +193,58 @@ def test_progress_reports_every_batch():
     SlidingWindow([8, 8, 8], overlap=0.0, batch=3)(_window_net, _image((1, 16, 16, 16)), device="cpu",
                                       progress=lambda done, total: calls.append((done, total)))
     assert calls == [(3, 8), (6, 8), (8, 8)]  # 2 x 2 x 2 windows
+
+
+# --- labels in bands (argmax=True) ---------------------------------------------------------------------------------
+
+def test_class_indices_are_torchs_argmax_ties_included():
+    rng = np.random.default_rng(0)
+    for classes, shape in ((1, (5, 4)), (2, (7, 5, 3)), (3, (40, 3, 2)), (5, (33, 4, 1)), (300, (3, 4))):
+        scores = torch.from_numpy(np.round(rng.random((classes, *shape)) * 3).astype(np.float32))  # many ties
+        index = class_indices(scores, slab=4)
+        assert index.dtype == (torch.uint8 if classes <= 256 else torch.int32) and index.shape == shape
+        assert torch.equal(index.long(), scores.argmax(0)), classes  # the first largest class, as argmax
+
+
+@pytest.mark.parametrize("net, patch, shape", [
+    (_window_net, [6, 8, 5], (1, 31, 17, 11)),            # 3 classes, windows disagree, 9 z-rows
+    (_window_net, [8, 8, 8], (1, 5, 30, 7)),              # smaller than the patch along z and x: padded, cropped
+    (lambda x: torch.round(_window_net(x) * 2) / 2, [4, 6, 6], (1, 13, 12, 12)),  # coarse logits: ties
+    (_pointwise_net(classes=1), [5, 8, 8], (1, 16, 9, 10)),  # one sigmoid channel: 2 classes
+])
+def test_labels_in_bands_are_exactly_the_argmax_of_the_probabilities(net, patch, shape):
+    image = _image(shape, seed=8)
+    for overlap, batch in ((0.5, 1), (0.0, 3), (0.75, 2)):
+        window = SlidingWindow(patch, overlap=overlap, batch=batch)
+        probs = window(net, image, device="cpu")
+        index = window(net, image, device="cpu", argmax=True)
+        assert index.dtype == torch.uint8 and index.shape == shape[1:] and window.classes == probs.shape[0]
+        assert torch.equal(index.long(), probs.argmax(0)), (overlap, batch)
+
+
+@pytest.mark.gpu
+def test_labels_in_bands_on_cuda_are_the_argmax_of_cudas_probabilities():
+    image = _image((1, 40, 48, 44), seed=4)
+    window = SlidingWindow([16, 24, 20], batch=2, stitch="device")
+    probs = window(_window_net, image, device="cuda")  # from the float16 accumulator, exactly widened
+    index = window(_window_net, image, device="cuda", argmax=True)
+    assert index.device.type == "cpu" and torch.equal(index.long(), probs.argmax(0))
+
+
+def test_labels_in_bands_survive_the_memory_fallback():
+    image = _image((1, 21, 20, 16), seed=9)
+    expected = SlidingWindow([8, 8, 8])(_window_net, image, device="cpu").argmax(0)
+    calls = []
+
+    def flaky(x):
+        calls.append(x.shape[0])
+        if len(calls) in (4, 9):  # in the middle of a z-row of windows, then again later
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory (test)")
+        return _window_net(x)
+
+    window = SlidingWindow([8, 8, 8], batch=3, stitch="device")
+    assert torch.equal(window(flaky, image, device="cpu", argmax=True).long(), expected)
+    assert window.stitch == "cpu" and window.batch == 1
 
 
 # --- out of memory ------------------------------------------------------------------------------------------------

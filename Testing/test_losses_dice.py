@@ -1,14 +1,24 @@
-"""Soft Dice, log-Dice and generalised Dice against values worked out by hand on tiny tensors."""
+"""Soft Dice, log-cosh Dice, -log Dice and generalised Dice against values worked out by hand on tiny tensors, and
+the decathlon author's Dice against a brute-force numpy transcription of its formula."""
 
 from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 
 from SegCore.errors import SegCoreError
-from SegCore.losses import GeneralizedDiceLoss, LogDiceLoss, SoftDiceLoss, build_loss, generalized_dice_weights
+from SegCore.losses import (
+    GeneralizedDiceLoss,
+    LogCoshDiceLoss,
+    NegLogDiceLoss,
+    SoftDiceLoss,
+    build_loss,
+    decathlon_dice_arguments,
+    generalized_dice_weights,
+)
 
 EPS = 1e-6  # the default eps of the Dice losses (denominator only)
 
@@ -98,17 +108,96 @@ def test_batch_versus_per_sample_aggregation():
     assert float(per_sample) == pytest.approx(((1 - 6 / (6 + EPS)) + 1.0) / 2, abs=1e-6)
 
 
-def test_log_dice_is_minus_log_of_the_dice():
+def test_log_dice_is_the_log_cosh_of_the_dice_loss():
     p, g = binary_probs([1, 0, 0.5, 0]), labels([1, 1, 0, 0])
-    # smooth = 1 (log-Dice default): D = (2 * 1 + 1) / (1.5 + 2 + 1 + eps)
-    value = LogDiceLoss(inputs="probabilities")(p, g)
+    # D = 2 * 1 / (1.5 + 2 + eps) (smooth 0, the Dice default); loss = log(cosh(1 - D)).
+    x = 1 - 2 / (3.5 + EPS)
+    value = LogCoshDiceLoss(inputs="probabilities")(p, g)
+    assert float(value) == pytest.approx(math.log((math.exp(x) + math.exp(-x)) / 2), abs=1e-7)
+    assert build_loss("log_dice").__class__ is LogCoshDiceLoss
+    # Bounded by log(cosh(1)) for disjoint masks, 0 for a perfect prediction.
+    disjoint = LogCoshDiceLoss(inputs="probabilities")(binary_probs([1, 1, 0, 0]), labels([0, 0, 1, 1]))
+    assert float(disjoint) == pytest.approx(math.log(math.cosh(1.0)), abs=1e-6)
+    perfect = LogCoshDiceLoss(inputs="probabilities")(binary_probs([0, 1, 1]), labels([0, 1, 1]))
+    assert float(perfect) == pytest.approx(0.0, abs=1e-6)
+
+
+def test_neg_log_dice_is_minus_log_of_the_dice():
+    p, g = binary_probs([1, 0, 0.5, 0]), labels([1, 1, 0, 0])
+    # smooth = 1 (its default): D = (2 * 1 + 1) / (1.5 + 2 + 1 + eps)
+    value = NegLogDiceLoss(inputs="probabilities")(p, g)
     assert float(value) == pytest.approx(-math.log(3 / (4.5 + EPS)), abs=1e-6)
     # Disjoint masks: finite, and the gradient still pushes probability into the reference.
     x = torch.tensor([5.0, 5.0, -5.0, -5.0], requires_grad=True)
-    loss = LogDiceLoss()(x.view(1, 1, 1, 4), labels([0, 0, 1, 1]))
+    loss = build_loss("neg_log_dice")(x.view(1, 1, 1, 4), labels([0, 0, 1, 1]))
     loss.backward()
     assert math.isfinite(loss.item()) and loss.item() > 0
     assert (x.grad[2:] < 0).all() and (x.grad[:2] > 0).all()
+
+
+def test_squared_denominator_by_hand():
+    # p = [1, 0, 0.5, 0], g = [1, 1, 0, 0]: sum(p*g) = 1, sum(p^2) = 1.25, sum(g^2) = 2.
+    loss = SoftDiceLoss(squared_denominator=True, inputs="probabilities")(binary_probs([1, 0, 0.5, 0]),
+                                                                          labels([1, 1, 0, 0]))
+    assert float(loss) == pytest.approx(1 - 2 * 1.0 / (1.25 + 2.0 + EPS), abs=1e-7)
+
+
+# --- the decathlon author's Dice (segmentation_losses.py, Keras, channels last) ---------------------------------
+
+KERAS_EPS = 1e-7
+
+
+def keras_multiclass_dice(y_true: np.ndarray, y_pred: np.ndarray) -> float:
+    """dice_coefficient(y_true, y_pred, axis=(0, 1, 2, 3)) on (N, X, Y, Z, C) arrays, one class at a time."""
+    scores = []
+    for c in range(y_true.shape[-1]):
+        t, p = y_true[..., c].astype(np.float64), y_pred[..., c].astype(np.float64)
+        numerator = 2 * np.sum(p * t) + KERAS_EPS
+        denominator = np.sum(p ** 2) + np.sum(t ** 2) + KERAS_EPS
+        scores.append(numerator / denominator)
+    return float(np.mean(scores))
+
+
+def keras_binary_dice(y_true: np.ndarray, y_pred: np.ndarray) -> float:
+    """dice_coefficient_binary: everything flattened, plain denominator."""
+    t, p = y_true.ravel().astype(np.float64), y_pred.ravel().astype(np.float64)
+    return float((2 * np.sum(t * p) + KERAS_EPS) / (np.sum(t) + np.sum(p) + KERAS_EPS))
+
+
+def log_cosh(x: float) -> float:
+    return math.log((math.exp(x) + math.exp(-x)) / 2.0)  # the author's tf.math.log((exp(x) + exp(-x)) / 2)
+
+
+def test_decathlon_multiclass_dice_matches_the_author_s_formula(rng):
+    logits = rng.normal(scale=2.0, size=(2, 3, 2, 3, 4))  # (N, C, Z, Y, X)
+    labels_nzyx = rng.integers(0, 3, size=(2, 2, 3, 4))
+    labels_nzyx[0, 0, 0, :] = 2  # every class present
+    e = np.exp(logits - logits.max(1, keepdims=True))
+    softmax = e / e.sum(1, keepdims=True)
+    y_pred = np.moveaxis(softmax, 1, -1)                       # channels last, as Keras
+    y_true = np.eye(3)[labels_nzyx]                            # (N, Z, Y, X, C) one-hot (to_categorical)
+    dice = keras_multiclass_dice(y_true, y_pred)
+    arguments = decathlon_dice_arguments(out_channels=3)
+    prediction, target = torch.tensor(logits, dtype=torch.float32), torch.from_numpy(labels_nzyx)
+    assert float(build_loss("dice", **arguments)(prediction, target)) == pytest.approx(1 - dice, rel=1e-5)
+    assert float(build_loss("log_dice", **arguments)(prediction, target)) == pytest.approx(log_cosh(1 - dice),
+                                                                                           rel=1e-5)
+    # The background and the squares matter: the project's default Dice gives another value.
+    assert float(build_loss("dice")(prediction, target)) != pytest.approx(1 - dice, rel=1e-3)
+
+
+def test_decathlon_binary_dice_matches_the_author_s_formula(rng):
+    logits = rng.normal(scale=2.0, size=(2, 1, 2, 3, 4))  # one sigmoid channel, as the author's 2-class tasks
+    labels_nzyx = rng.integers(0, 2, size=(2, 2, 3, 4))
+    y_pred = 1 / (1 + np.exp(-logits[:, 0]))
+    dice = keras_binary_dice(labels_nzyx, y_pred)
+    arguments = decathlon_dice_arguments(out_channels=1)
+    prediction, target = torch.tensor(logits, dtype=torch.float32), torch.from_numpy(labels_nzyx)
+    assert float(build_loss("dice", **arguments)(prediction, target)) == pytest.approx(1 - dice, rel=1e-5)
+    assert float(build_loss("log_dice", **arguments)(prediction, target)) == pytest.approx(log_cosh(1 - dice),
+                                                                                           rel=1e-5)
+    with pytest.raises(SegCoreError, match="out_channels"):
+        decathlon_dice_arguments(0)
 
 
 def test_generalized_dice_weights_by_hand():
@@ -128,7 +217,7 @@ def test_generalized_dice_value_by_hand():
     assert float(value) == pytest.approx(expected, abs=1e-6)
 
 
-@pytest.mark.parametrize("name", ["dice", "log_dice", "generalized_dice"])
+@pytest.mark.parametrize("name", ["dice", "log_dice", "neg_log_dice", "generalized_dice"])
 @pytest.mark.parametrize("channels", [1, 3])
 def test_logits_and_probabilities_modes_agree(name, channels, rng):
     logits = torch.from_numpy(rng.normal(size=(2, channels, 3, 4, 5)).astype("float32"))

@@ -91,11 +91,11 @@ def row(values) -> torch.Tensor:
 
 
 def test_hybrid_value_is_the_weighted_sum_by_hand():
-    # Reference [1, 1, 0, 0], 1 mm: foreground map [-2, -1, 1, 2]. p = [1, 0, 1, 0].
+    # Reference [1, 1, 0, 0], 1 mm: foreground map [-1, 0, 1, 2] (Kervadec's). p = [1, 0, 0, 1].
     target = torch.tensor([1, 1, 0, 0]).view(1, 1, 4)
-    p = row([1, 0, 1, 0])
+    p = row([1, 0, 0, 1])
     dice = 1 - 2 * 1 / (2 + 2 + 1e-6)
-    boundary = (-2 + 1) / 4
+    boundary = (-1 + 2) / 4
     loss = HybridLoss(schedule={"alpha_start": 0.25, "alpha_end": 0.25, "ramp_epochs": 0},
                       spacing_xyz_mm=(1.0, 1.0), inputs="probabilities")
     assert float(loss(p, target)) == pytest.approx(0.25 * dice + 0.75 * boundary, abs=1e-6)

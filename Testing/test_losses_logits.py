@@ -35,9 +35,11 @@ def test_dice_of_multiclass_logits_is_the_dice_of_their_softmax(rng):
     expected = 1.0 - hand_dice(hand_softmax(logits), onehot, classes=(1, 2))  # foreground classes only
     value = build_loss("dice")(torch.tensor(logits, dtype=torch.float32), torch.from_numpy(labels))
     assert float(value) == pytest.approx(expected, rel=1e-5)
-    log_value = build_loss("log_dice")(torch.tensor(logits, dtype=torch.float32), torch.from_numpy(labels))
-    assert float(log_value) == pytest.approx(-np.log(hand_dice(hand_softmax(logits), onehot, (1, 2), smooth=1.0)),
-                                             rel=1e-5)
+    log_cosh = build_loss("log_dice")(torch.tensor(logits, dtype=torch.float32), torch.from_numpy(labels))
+    assert float(log_cosh) == pytest.approx(np.log(np.cosh(expected)), rel=1e-5)  # log(cosh(1 - Dice))
+    neg_log = build_loss("neg_log_dice")(torch.tensor(logits, dtype=torch.float32), torch.from_numpy(labels))
+    assert float(neg_log) == pytest.approx(-np.log(hand_dice(hand_softmax(logits), onehot, (1, 2), smooth=1.0)),
+                                           rel=1e-5)
 
 
 def test_dice_of_one_channel_logits_is_the_dice_of_their_sigmoid(rng):

@@ -20,8 +20,8 @@ def make(name: str, **extra):
 
 
 def test_all_documented_losses_are_registered():
-    assert set(NAMES) == {"dice", "log_dice", "generalized_dice", "cross_entropy", "dice_ce", "focal",
-                          "boundary", "hybrid"}
+    assert set(NAMES) == {"dice", "log_dice", "neg_log_dice", "generalized_dice", "cross_entropy", "dice_ce",
+                          "focal", "boundary", "hybrid"}
 
 
 def check_finite(name, logits, target):

@@ -281,3 +281,20 @@ def test_registered_and_round_trips_through_a_checkpoint(tmp_path):
         torch.testing.assert_close(second[key], first[key], rtol=0, atol=0)
     fcn = build_model("fcn8s", **MODELS["fcn8s"].small)
     assert fcn(torch.rand(1, *MODELS["fcn8s"].example_input[:1], 16, 16)).shape == (1, 3, 16, 16)
+
+
+# ---------------------------------------------------------------- the training mode of a stage
+
+@pytest.mark.parametrize("mode", ["S", "I", "J"])
+def test_forward_without_a_mode_runs_the_training_mode(mode):
+    model = tiny_rstn(training_mode=mode, margin=2).eval()
+    image, label = torch.rand(1, 3, 40, 30), square_label()
+    for key in ("coarse", "fine", "box"):
+        torch.testing.assert_close(model(image, label)[key], model(image, label, mode=mode)[key], rtol=0, atol=0)
+    assert ("saliency" in model(image, label)) == (mode != "S")
+    assert build_model("rstn", **MODELS["rstn"].small).training_mode == "J"  # the registry default
+
+
+def test_unknown_training_mode_is_refused():
+    with pytest.raises(SegCoreError, match="training_mode"):
+        RSTN(width_multiplier=TINY, training_mode="coarse")

@@ -215,16 +215,58 @@ def test_efficientnet_encoder_plus_classifier_has_the_published_size(variant):
     assert total == PUBLISHED_EFFICIENTNET[variant]
 
 
+# segmentation_models_pytorch's EfficientNetEncoder (efficientnet-b0..b7): channels of its five features, strides 2..32
+# (its `out_channels` less the input's). Its stride-2 feature is the stem's output.
+SMP_FEATURE_CHANNELS = {"b0": (32, 24, 40, 112, 320), "b1": (32, 24, 40, 112, 320), "b2": (32, 24, 48, 120, 352),
+                        "b3": (40, 32, 48, 136, 384), "b4": (48, 32, 56, 160, 448), "b5": (48, 40, 64, 176, 512),
+                        "b6": (56, 40, 72, 200, 576), "b7": (64, 48, 80, 224, 640)}
+
+
+@pytest.mark.parametrize("variant", sorted(SMP_FEATURE_CHANNELS))
+def test_efficientnet_features_are_smp_s(variant):
+    encoder = on_meta(EfficientNetEncoder, 3, variant)
+    assert encoder.feature_channels == SMP_FEATURE_CHANNELS[variant]
+
+
+def test_efficientnet_stride_2_skip_is_the_stem_output():
+    torch.manual_seed(0)
+    encoder = EfficientNetEncoder(1, "b0", width_coefficient=0.25, depth_coefficient=0.34).eval()
+    x = torch.randn(1, 1, 64, 64)
+    with torch.no_grad():
+        features = encoder(x)
+        stem = encoder.stem(x)
+    assert [tuple(f.shape[2:]) for f in features] == [(32, 32), (16, 16), (8, 8), (4, 4), (2, 2)]
+    assert torch.equal(features[0], stem)
+
+
 def test_efficientnet_b0_encoder_and_unet_sizes():
     encoder = on_meta(EfficientNetEncoder, 3, "b0")
-    assert encoder.feature_channels == (16, 24, 40, 112, 320)
     assert count(encoder) == 5_288_548 - (320 * 1280 + 2 * 1280 + 1280 * 1000 + 1000)
-    # The smp-style decoder on top: two 3x3 conv + BN per block, skips 112, 40, 24, 16, none; 3x3 head.
+    # The smp-style decoder on top: two 3x3 conv + BN per block, skips 112, 40, 24, 32 (the stem), none; 3x3 head.
     decoder = 0
-    for ci, co in ((320 + 112, 256), (256 + 40, 128), (128 + 24, 64), (64 + 16, 32), (32, 16)):
+    for ci, co in ((320 + 112, 256), (256 + 40, 128), (128 + 24, 64), (64 + 32, 32), (32, 16)):
         decoder += 9 * ci * co + 2 * co + 9 * co * co + 2 * co
     unet = on_meta(EfficientNetUNet, 3, 2, variant="b0")
     assert count(unet) == count(encoder) + decoder + 9 * 16 * 2 + 2
+    assert count(on_meta(EfficientNetUNet, 1, 2, variant="b0")) == 5_838_878  # the figure in docs/models.md
+
+
+def test_efficientnet_pads_symmetrically_not_like_tensorflow_same():
+    """Stride-2 convolutions pad k // 2 on both sides (torchvision), not TensorFlow / MONAI's asymmetric 'same'
+    (nothing before, the rest after). For an even input both give the same shape; with a kernel that keeps only
+    its centre tap, ours samples the even input positions 2j and TensorFlow's the odd ones 2j + 1."""
+    model = small("efficientnet_unet")
+    strided = [m for m in model.modules() if isinstance(m, nn.Conv2d) and m.stride == (2, 2)]
+    assert strided and all(m.padding == (m.kernel_size[0] // 2,) * 2 for m in strided)
+    conv = strided[0]  # the stem: 3x3, stride 2, padding 1
+    x = torch.arange(8 * 8, dtype=torch.float32).view(1, 1, 8, 8)
+    centre = torch.zeros(1, 1, 3, 3)
+    centre[0, 0, 1, 1] = 1.0
+    ours = nn.functional.conv2d(x, centre, stride=2, padding=conv.padding)
+    tf_same = nn.functional.conv2d(nn.functional.pad(x, (0, 1, 0, 1)), centre, stride=2)  # total pad 1: after
+    assert ours.shape == tf_same.shape == (1, 1, 4, 4)
+    assert torch.equal(ours[0, 0], x[0, 0, ::2, ::2])
+    assert torch.equal(tf_same[0, 0], x[0, 0, 1::2, 1::2])
 
 
 @torch.no_grad()

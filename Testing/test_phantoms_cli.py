@@ -56,9 +56,21 @@ def test_phantoms_refuses_a_non_empty_folder_unless_overwrite(tmp_path):
     assert len(list((tmp_path / "la").glob("*/*/lgemri.nrrd"))) == 2
 
 
-@pytest.mark.parametrize("args", [["--size", "32", "32"], ["--size", "4"], ["--cases", "0"]])
-def test_phantoms_bad_options_fail_in_one_line(tmp_path, args):
-    result = segcore("phantoms", "--study", "muscle", "--out", "m", *args, cwd=tmp_path)
+def test_unlabelled_muscle_scans_are_written_without_a_label_and_read_as_unlabelled(tmp_path):
+    from SegCore.datasets import open_dataset
+
+    result = segcore("phantoms", "--study", "muscle", "--out", "m", "--cases", "2", "--unlabelled", "2",
+                     "--size", "24", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "2 and 2 unlabelled" in result.stdout
+    cases = open_dataset(tmp_path / "m", require_labels=False).cases
+    assert sorted(case.has_label for case in cases) == [False, False, True, True]
+
+
+@pytest.mark.parametrize("study, args", [("muscle", ["--size", "32", "32"]), ("muscle", ["--size", "4"]),
+                                         ("muscle", ["--cases", "0"]), ("atrium", ["--unlabelled", "1"])])
+def test_phantoms_bad_options_fail_in_one_line(tmp_path, study, args):
+    result = segcore("phantoms", "--study", study, "--out", "m", *args, cwd=tmp_path)
     one_line_error(result, "phantoms")
     assert not (tmp_path / "m").exists()
 
@@ -83,8 +95,9 @@ def test_phantoms_offers_every_study_and_the_decathlon_tasks_that_have_a_phantom
     result = segcore("phantoms", "--help", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     usage = " ".join(result.stdout.split())
-    assert "{thalamus,atrium,muscle,pancreas,decathlon}" in usage and "{BrainTumour,Heart,Prostate,Spleen}" in usage
+    assert "{thalamus,atrium,muscle,pancreas,decathlon}" in usage and (
+        "{BrainTumour,Heart,Liver,Hippocampus,Prostate,Lung,Pancreas,HepaticVessel,Spleen,Colon}" in usage)
     assert "Training Set/<ID>/lgemri.nrrd + laendo.nrrd (0/255)" in usage  # the layouts, from the study files
-    result = segcore("phantoms", "--study", "decathlon", "--task", "Liver", "--out", "x", cwd=tmp_path)
-    assert result.returncode == 2 and "'Liver'" in result.stderr and "Spleen" in result.stderr
+    result = segcore("phantoms", "--study", "decathlon", "--task", "Kidney", "--out", "x", cwd=tmp_path)
+    assert result.returncode == 2 and "'Kidney'" in result.stderr and "Spleen" in result.stderr
     assert not (tmp_path / "x").exists()

@@ -112,8 +112,12 @@ def test_thalamus_has_one_file_per_channel_and_freesurfer_labels(written):
     dataset = open_dataset(root)
     subject = dataset.cases[0]
     files = {p.relative_to(root / subject.case_id).as_posix() for p in (root / subject.case_id).rglob("*.nii.gz")}
+    fine_tuning = (root / "fine_tuning_subjects.txt").read_text().split()
     assert files == {"diffusion/evalue1.nii.gz", "diffusion/FA.nii.gz", "diffusion/RD.nii.gz", "diffusion/MD.nii.gz",
-                     "T1w_acpc_dc_restore_1.25.nii.gz", "FreeSurfer/aparc+aseg_1.25_nearest.nii.gz"}
+                     "T1w_acpc_dc_restore_1.25.nii.gz", "FreeSurfer/aparc+aseg_1.25_nearest.nii.gz",
+                     "STAPLE/STAPLE_th0.5_thalamus_1.25.nii.gz", "FSL/T1_first_all_fast_firstseg_1.25_nearest.nii.gz",
+                     "QuickNAT/segmentation_acpc_dc_restore_1.25_nearest.nii.gz"} | (
+        {"manual/manual.nii.gz"} if subject.case_id in fine_tuning else set())
     aseg = read_label(subject.label_path)
     values = set(np.unique(aseg.array).tolist())
     assert {10, 49, 2, 41, 3, 42} <= values  # thalami, white matter, cortex

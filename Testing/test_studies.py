@@ -9,16 +9,23 @@ import subprocess
 import sys
 from pathlib import Path
 
+import nrrd
 import numpy as np
 import pytest
+import slicerio
+from slicerio.segmentation import terminology_entry_from_string
 
 from SegCore.datasets import load_case, open_dataset
 from SegCore.errors import SegCoreError
-from SegCore.io import read_image, read_label
+from SegCore.io import read_image, read_label, write_image
 from SegCore.phantoms import DECATHLON_TASKS, write_phantom_dataset
 from SegCore.studies import STUDIES, get_study
+from SegCore.studies.schema import Code, Terminology
+from SegCore.studies.terminology import LEFT_THALAMUS, NEOPLASM, PRIMARY_NEOPLASM, RIGHT_THALAMUS, terminology_of
+from SegCore.volume import Volume
 
 ROOT = Path(__file__).resolve().parents[1]
+SLICERIO_DATA = Path(slicerio.__file__).parent / "data"
 PHANTOMS = [(name, None) for name in STUDIES if name != "decathlon"] + [("decathlon", t) for t in DECATHLON_TASKS]
 
 
@@ -213,8 +220,8 @@ def test_unknown_study_or_task_without_phantom_is_refused_before_writing(tmp_pat
     with pytest.raises(SegCoreError, match="thalamus, atrium, muscle, pancreas, decathlon"):
         write_phantom_dataset("liver", tmp_path / "x")
     with pytest.raises(SegCoreError, match="Heart") as caught:
-        write_phantom_dataset("decathlon", tmp_path / "x", task="Liver")
-    assert "'Liver'" in str(caught.value)
+        write_phantom_dataset("decathlon", tmp_path / "x", task="Kidney")
+    assert "'Kidney'" in str(caught.value)
     assert list(tmp_path.iterdir()) == []
 
 
@@ -258,3 +265,154 @@ def test_no_module_outside_the_study_files_writes_a_study_file_name_again():
               for line, text in _string_constants(path)
               if text in equal or any(fact in text for fact in contained)]
     assert copies == [], "read these from SegCore.studies instead"
+
+
+# --- terminology: SNOMED CT codes per label, Slicer's TerminologyEntry, carried into .seg.nrrd -------------------
+
+# Read off Slicer's terminology files by hand (SegmentationCategoryTypeModifier-SlicerGeneralAnatomy.json "GA",
+# SegmentationCategoryTypeModifier-DICOM-Master.json "DM") and DICOM PS3.16 CID 6300, not from the code:
+# (label set, label name) -> (list, category value, type value, type meaning, modifier value or None).
+SLICER_CODES = {
+    ("thalamus", "thalamus"): ("GA", "123037004", "119406000", "Thalamus", None),
+    ("thalamus/left_right", "left thalamus"): ("GA", "123037004", "119406000", "Thalamus", "7771000"),
+    ("thalamus/left_right", "right thalamus"): ("GA", "123037004", "119406000", "Thalamus", "24028007"),
+    ("atrium", "left atrium"): ("DM", "123037004", "82471001", "Left atrium", None),
+    ("muscle", "muscle"): ("GA", "85756007", "71616004", "Muscle", None),
+    ("pancreas", "pancreas"): ("GA", "123037004", "15776009", "Pancreas", None),
+    ("Task01_BrainTumour", "edema"): ("GA", "49755003", "79654002", "Edema", None),
+    ("Task01_BrainTumour", "non-enhancing tumor"): ("GA", "49755003", "6574001", "Necrosis", None),
+    ("Task01_BrainTumour", "enhancing tumour"): ("DM", "49755003", "108369006", "Neoplasm", None),
+    ("Task02_Heart", "left atrium"): ("DM", "123037004", "82471001", "Left atrium", None),
+    ("Task03_Liver", "liver"): ("GA", "123037004", "10200004", "Liver", None),
+    ("Task03_Liver", "cancer"): ("DM", "49755003", "108369006", "Neoplasm", None),
+    ("Task04_Hippocampus", "Anterior"): ("DM", "123037004", "5366008", "Hippocampus", None),
+    ("Task04_Hippocampus", "Posterior"): ("DM", "123037004", "5366008", "Hippocampus", None),
+    ("Task05_Prostate", "PZ"): ("DM", "123037004", "279706003", "Peripheral zone of the prostate", None),
+    ("Task05_Prostate", "TZ"): ("DM", "123037004", "399384005", "Transition zone of the prostate", None),
+    ("Task06_Lung", "cancer"): ("DM", "49755003", "86049000", "Neoplasm, Primary", None),
+    ("Task07_Pancreas", "pancreas"): ("GA", "123037004", "15776009", "Pancreas", None),
+    ("Task07_Pancreas", "cancer"): ("DM", "49755003", "108369006", "Neoplasm", None),
+    ("Task08_HepaticVessel", "Vessel"): ("GA", "85756007", "29092000", "Vein", None),
+    ("Task08_HepaticVessel", "Tumour"): ("DM", "49755003", "108369006", "Neoplasm", None),
+    ("Task09_Spleen", "spleen"): ("GA", "123037004", "78961009", "Spleen", None),
+    ("Task10_Colon", "colon cancer primaries"): ("DM", "49755003", "86049000", "Neoplasm, Primary", None),
+}
+CONTEXTS = {"GA": "Segmentation category and type - 3D Slicer General Anatomy list",
+            "DM": "Segmentation category and type - DICOM master list"}
+CATEGORIES = {"123037004": "Anatomical Structure", "85756007": "Tissue",
+              "49755003": "Morphologically Altered Structure"}
+
+
+def test_every_label_but_the_background_has_the_snomed_codes_of_slicers_lists():
+    seen = set()
+    for where, labels in label_sets():
+        assert labels[0].terminology is None, f"{where}: the background has no terminology"
+        for label in labels[1:]:
+            key = (where, label.name)
+            seen.add(key)
+            assert key in SLICER_CODES, f"{key} has no expected codes"
+            context, category, type_value, type_meaning, modifier = SLICER_CODES[key]
+            term = label.terminology
+            assert term is not None and term.context == CONTEXTS[context] and term.source
+            assert (term.category.scheme, term.category.value, term.category.meaning) == (
+                "SCT", category, CATEGORIES[category])
+            assert (term.type.scheme, term.type.value, term.type.meaning) == ("SCT", type_value, type_meaning)
+            assert (term.modifier.value if term.modifier else None) == modifier
+            if modifier:
+                assert term.modifier.scheme == "SCT" and term.modifier.meaning in label.name.title()
+    assert seen == set(SLICER_CODES)
+
+
+def test_the_entry_string_is_slicers_and_round_trips():
+    # Slicer's own sample segmentations (written by Slicer, shipped with slicerio): every tag, with a modifier
+    # or not, from either list, parses and is written back character for character.
+    slicer_written = set().union(*(_tag_texts(path) for path in sorted(SLICERIO_DATA.glob("*.seg.nrrd"))))
+    assert len(slicer_written) >= 8
+    for text in slicer_written:
+        assert Terminology.from_slicer_entry(text).to_slicer_entry() == text
+    # Ours, as slicerio (an independent parser) reads them, give back the study's codes.
+    for _, labels in label_sets():
+        for label in labels[1:]:
+            term = label.terminology
+            text = term.to_slicer_entry()
+            assert Terminology.from_slicer_entry(text) == term
+            parsed = terminology_entry_from_string(text)
+            assert parsed["contextName"] == term.context
+            assert parsed["category"] == [term.category.scheme, term.category.value, term.category.meaning]
+            assert parsed["type"] == [term.type.scheme, term.type.value, term.type.meaning]
+            assert parsed.get("typeModifier") == (
+                [term.modifier.scheme, term.modifier.value, term.modifier.meaning] if term.modifier else None)
+            assert parsed["anatomicContextName"] == "Anatomic codes - DICOM master list"
+            assert "anatomicRegion" not in parsed
+    # By hand, from Slicer's serialisation (vtkSlicerTerminologiesModuleLogic::SerializeTerminologyEntry).
+    assert get_study("thalamus").label_set("left_right")[2].terminology.to_slicer_entry() == (
+        "Segmentation category and type - 3D Slicer General Anatomy list~SCT^123037004^Anatomical Structure"
+        "~SCT^119406000^Thalamus~SCT^24028007^Right~Anatomic codes - DICOM master list~^^~^^")
+    for bad in ("", "a~b", "ctx~SCT^1^a~SCT^2~^^~~^^~^^", "ctx~^^~SCT^2^b~^^~~^^~^^"):
+        with pytest.raises(SegCoreError, match="TerminologyEntry"):
+            Terminology.from_slicer_entry(bad)
+    tissue = Code("SCT", "85756007", "Tissue")
+    with pytest.raises(SegCoreError, match="cannot carry"):
+        Terminology(tissue, Code("SCT", "1", "a~b")).to_slicer_entry()
+
+
+def test_terminology_is_found_by_study_value_and_name():
+    assert terminology_of("thalamus", 2, "Right Thalamus") == RIGHT_THALAMUS  # a label set, any case
+    assert terminology_of("thalamus", 1, "left thalamus") == LEFT_THALAMUS
+    assert terminology_of("decathlon", 2, "cancer") == NEOPLASM  # Liver and Pancreas agree
+    assert terminology_of("decathlon", 1, "cancer") == PRIMARY_NEOPLASM  # Lung
+    assert terminology_of("decathlon", 3, "cancer") is None
+    assert terminology_of(None, 1, "left atrium") is None and terminology_of("liver", 1, "liver") is None
+    assert terminology_of("atrium", 0, "background") is None
+
+
+def test_segcore_predict_writes_each_segments_terminology_entry(tmp_path):
+    from inference_models import tiny_checkpoint
+    from training_runs import ENV, REPO
+
+    model = tiny_checkpoint(tmp_path / "brats.pt", "unet3d", plan={"study": "decathlon"}, study="decathlon",
+                            size_zyx=(16, 24, 24))
+    rng = np.random.default_rng(0)
+    image = Volume.create(rng.normal(0.0, 1.0, (4, 12, 20, 24)).astype(np.float32), (1.0, 1.0, 1.5))
+    source = write_image(image, tmp_path / "case.nii.gz")
+    output = tmp_path / "case.seg.nrrd"
+    result = subprocess.run([sys.executable, "-m", "SegCore", "predict", "--device", "cpu", "--model", str(model),
+                             "--input", str(source), "--output", str(output), "--no-postprocess"],
+                            capture_output=True, text=True, timeout=180, env=ENV, cwd=REPO)
+    assert result.returncode == 0, result.stderr
+    segments = slicerio.read_segmentation(str(output), skip_voxels=True)["segments"]
+    brats = get_study("decathlon").task("BrainTumour").labels
+    assert [(s["labelValue"], s["name"]) for s in segments] == [(label.value, label.name) for label in brats[1:]]
+    for segment, label in zip(segments, brats[1:], strict=True):
+        context, category, type_value, type_meaning, _ = SLICER_CODES[("Task01_BrainTumour", label.name)]
+        assert segment["terminology"]["contextName"] == CONTEXTS[context]
+        assert segment["terminology"]["category"] == ["SCT", category, CATEGORIES[category]]
+        assert segment["terminology"]["type"] == ["SCT", type_value, type_meaning]
+        assert "typeModifier" not in segment["terminology"]
+    assert _tag_texts(output) >= {  # the tag itself, as pynrrd reads the header
+        "Segmentation category and type - 3D Slicer General Anatomy list~SCT^49755003^Morphologically Altered "
+        "Structure~SCT^79654002^Edema~^^~Anatomic codes - DICOM master list~^^~^^"}
+
+
+def _tag_texts(path: Path) -> set[str]:
+    """Every TerminologyEntry value in the header of the .seg.nrrd at `path`, as pynrrd reads the header (an
+    oracle independent of SegCore.io)."""
+    header = nrrd.read_header(str(path))
+    return {tag.partition(":")[2] for key, value in header.items() if key.endswith("_Tags")
+            for tag in value.split("|") if tag.startswith("TerminologyEntry:")}
+
+
+def test_a_checkpoint_takes_colour_and_terminology_from_the_study_label():
+    from SegCore.training.checkpoint import checkpoint_meta
+    from SegCore.training.config import resolve_plan
+
+    study = get_study("thalamus")
+    right = study.label_set("left_right")[2]
+    plan = resolve_plan({"study": "thalamus", "model": {"name": "unet2d"}}, inspect_data=False)
+    plan["data"]["label_set"] = [{"value": 0, "name": "background"}, {"value": 2, "name": "right thalamus"}]
+    plan["data"]["channels"] = ["FA"]
+    meta = checkpoint_meta(plan)
+    # the study's own colour for the right thalamus (not a fallback palette entry, not the left one's)
+    left = study.label_set("left_right")[1]
+    assert meta["labels"][1]["colour_rgb"] == list(right.colour_rgb) != list(left.colour_rgb)
+    assert meta["labels"][1]["terminology"] == right.terminology.to_slicer_entry()

@@ -287,6 +287,38 @@ def test_ranks_take_disjoint_shares_of_the_global_batch(cached):
         assert not torch.equal(i0, i1)
 
 
+def _shared_file(tensor: torch.Tensor) -> int:
+    """The inode of the shared-memory segment behind a tensor a worker sent."""
+    fd, _ = tensor.untyped_storage()._share_fd_cpu_()
+    return os.fstat(fd).st_ino
+
+
+def test_reused_batch_memory_never_overwrites_a_batch_still_held(cached):
+    # workers write batches into a few reused shared-memory slots (SegCore/training/batch_pool.py)
+    spec, aug = Sampler({"kind": "slice2d", "size_yx": [16, 16]}), Augmentation({"rotate_p": 0.5})
+    settings = {"batch_size": 2, "steps_per_epoch": 12, "seed": 5}
+    expected = [images for images, _ in build_loader(cached, spec, aug, **settings).epoch(1)]
+    with build_loader(cached, spec, aug, workers=1, **settings) as loader:
+        slots = loader._batches.pool.slots
+        files = {_shared_file(images) for images, _ in loader.epoch(1)}  # each dropped before the next
+        views = [images[:, 0, 3] for images, _ in loader.epoch(1)]  # only a view of each held, in the slots
+        kept = list(loader.epoch(1))  # twice as many batches as slots, all held
+        assert all(torch.equal(images, want) for (images, _), want in zip(kept, expected, strict=True))
+        assert all(torch.equal(view, want[:, 0, 3]) for view, want in zip(views, expected, strict=True))
+        assert len(files) <= slots < len(expected)
+        del kept, views
+        left = loader.epoch(1)
+        for _ in range(3):
+            next(left)
+        del left  # an epoch left early: the batches it had queued never arrive
+        epoch = loader.epoch(1)
+        first = next(epoch)[0]
+        marks = loader._batches.pool.taken.numpy()
+        assert set(np.unique(marks)) <= {0, loader._steps.generation}  # the dropped batches' slots came back
+        assert torch.equal(first, expected[0]) and all(
+            torch.equal(images, want) for (images, _), want in zip(epoch, expected[1:], strict=True))
+
+
 def test_even_batch_and_bad_settings_are_refused(cached):
     sampler = Sampler({"kind": "patch3d", "patch_zyx": [8, 16, 16]})
     with pytest.raises(SegCoreError, match="batch size 3 is odd.*--batch 4"):

@@ -93,3 +93,69 @@ def test_constant_images_give_zeros_and_labels_never_change(ct):
     out = pre.apply(ct, label)
     assert np.array_equal(out.label, label.array) and out.grid.same_as(ct.grid)
     assert np.array_equal(pre.invert_label(out.label, out.record).array, label.array)
+
+
+# --- in place, on the pipeline's own copy -----------------------------------------------------------------------
+
+ALL_STEPS = [{"name": "zscore"}, {"name": "zscore", "mode": "slice", "axis": "y"},
+             {"name": "zscore", "mode": "mask", "mask_threshold": 90}, {"name": "percentile_minmax"},
+             {"name": "ct_window", "hu_min": 50, "hu_max": 150}, {"name": "clip_scale", "low": 0, "high": 200}]
+
+
+def test_the_callers_image_never_changes_and_overwrite_normalises_its_array_in_place(rng):
+    data = rng.normal(100, 30, size=(2, 6, 10, 12)).astype(np.float32)
+    flipped = ((-1.0, 0.0, 0.0), (0.0, 1.0, 0.0), (0.0, 0.0, 1.0))  # reorient gives a view of the caller's array
+    for image in (Volume.create(data.copy()), Volume.create(data.copy(), direction_lps=flipped)):
+        for steps in ([step] for step in ALL_STEPS):
+            for before in ([], [{"name": "reorient"}], [{"name": "crop_box", "start_zyx": [1, 2, 0],
+                                                         "stop_zyx": [5, 9, 12]}]):
+                out = Preprocessing(before + steps).apply(image)
+                assert np.array_equal(image.array, data), (before, steps)  # bit for bit
+                assert not np.shares_memory(out.image, image.array)
+    for step in ALL_STEPS:
+        expected = Preprocessing([step]).apply(Volume.create(data)).image
+        own = data.copy()
+        out = Preprocessing([step, {"name": "pad", "multiple_zyx": [2, 2, 4]}]).apply(Volume.create(own),
+                                                                                     overwrite=True)
+        assert np.shares_memory(out.image, own)  # normalised in place, and the pad that fits copied nothing
+        np.testing.assert_array_equal(out.image, expected)
+
+
+def test_slab_by_slab_equals_one_slab_and_float64_by_hand(ct, monkeypatch):
+    from SegCore.transforms import intensity
+
+    whole = {repr(step): run([step], ct) for step in ALL_STEPS}
+    monkeypatch.setattr(intensity, "SLAB_VOXELS", 100)  # one z-slice (480 voxels) per slab
+    for step in ALL_STEPS:
+        out, one = run([step], ct), whole[repr(step)]
+        np.testing.assert_allclose(out.image, one.image, rtol=1e-6, atol=1e-6)
+        for a, b in zip(out.record["steps"][0]["per_channel"], one.record["steps"][0]["per_channel"], strict=True):
+            assert a.keys() == b.keys() and all(np.allclose(a[k], b[k], rtol=1e-12) for k in a if a[k] is not None)
+    hu = ct.array.astype(np.float64)
+    np.testing.assert_allclose(run([{"name": "zscore"}], ct).image[0], (hu - hu.mean()) / hu.std(), rtol=1e-6,
+                               atol=1e-6)
+
+
+@pytest.mark.parametrize("step", ALL_STEPS, ids=lambda step: f"{step['name']}-{step.get('mode', '')}")
+def test_no_step_allocates_a_whole_image_and_the_pipeline_copies_once(step, rng, monkeypatch):
+    """Measured by tracemalloc, which sees numpy's buffers: a (32, 64, 64) CT of 512 KB as float32."""
+    import tracemalloc
+
+    from SegCore.transforms import intensity
+
+    monkeypatch.setattr(intensity, "SLAB_VOXELS", 4096)
+    hu = rng.normal(100, 30, size=(32, 64, 64)).astype(np.int16)
+    float_bytes = hu.size * 4
+    own = Volume.create(hu.astype(np.float32))
+    copying = 1.0 if step["name"] == "percentile_minmax" else 0.0  # numpy partitions a float32 copy
+    tracemalloc.start()
+    try:
+        Preprocessing([step, {"name": "pad", "multiple_zyx": [16, 16, 16]}]).apply(own, overwrite=True)
+        in_place = tracemalloc.get_traced_memory()[1]
+        tracemalloc.reset_peak()
+        Preprocessing([step]).apply(Volume.create(hu))  # int16 in: one float32 copy, normalised in place
+        from_int16 = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert in_place < (copying + 0.25) * float_bytes, in_place / float_bytes
+    assert from_int16 < (1 + copying + 0.25) * float_bytes, from_int16 / float_bytes

@@ -4,6 +4,7 @@ with their peak memory, and on CUDA float16 against float32.
 
     .venv-bench/bin/python benchmarks/inference.py            # CPU (and CUDA where there is one); rewrites RESULTS.md
     .venv-bench/bin/python benchmarks/inference.py --quick    # small inputs, under a minute idle, writes nothing
+    .venv-bench/bin/python benchmarks/inference.py --file-only   # only the CT file to file (CPU), writes nothing
 
 One network, one input and one setting for all: the atrium study's V-Net with its `small` arguments (`--model
 unet3d`: the decathlon U-Net's), seeded and untrained, eval, under torch.inference_mode; windows of PATCH_ZYX,
@@ -304,6 +305,27 @@ def child_file(args) -> int:
     return code
 
 
+def file_lines(report: dict) -> list[str]:
+    """The file-to-file table of `report["file"]`, with the sentence that explains it."""
+    lines = ["File to file on the CT-sized input: `segcore predict` reads an int16 .nii.gz and writes the uint8 "
+             ".nii.gz label map, in a fresh process; in the process: the command's own time (`SegCore.cli.main`), "
+             "without interpreter start-up and imports. Floor: on the CPU paired in that process (one batch in "
+             f"{PEER_FLOOR_EVERY} followed by a bare pass, per window times its windows); on CUDA the floor above "
+             "per window times its windows.", "",
+             "| device | windows | whole process (s) | in the process (s) | floor (s) | whole / floor "
+             "| in the process / floor | forward inside (s) | beyond forward | peak RSS (MB) | RSS after imports (MB) "
+             "| float32 input (MB) | peak / input |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for device, f in report["file"].items():
+        inside = (f"{f['forward_s']:.2f} | {100 * (1 - f['forward_s'] / f['total_s']):.1f} %"
+                  if f["forward_s"] is not None else " | ")
+        lines.append(f"| {device} | {f['windows']} | {f['wall_s']:.2f} | {f['total_s']:.2f} | {f['floor_s']:.2f} "
+                     f"| {f['wall_s'] / f['floor_s']:.3f} | {f['total_s'] / f['floor_s']:.3f} | {inside} "
+                     f"| {f['peak_rss_bytes'] / MB:.0f} | {f['after_imports_bytes'] / MB:.0f} "
+                     f"| {f['input_bytes'] / MB:.0f} | {f['peak_rss_bytes'] / f['input_bytes']:.2f} |")
+    return lines
+
+
 def section(report: dict, args, command: str) -> str:
     from benchmarks.metrics import lscpu_machine, version
 
@@ -336,23 +358,7 @@ def section(report: dict, args, command: str) -> str:
                          f"| {r['windows']} | {r['wall_s']:.2f} | {r['floor_s']:.2f}{sampled} "
                          f"| {r['wall_s'] / r['floor_s']:.3f} | {r['forward_s']:.2f} "
                          f"| {100 * (1 - r['forward_s'] / r['wall_s']):.1f} % | {extra} |")
-    lines += ["", "File to file on the CT-sized input: `segcore predict` reads an int16 .nii.gz and writes the uint8 "
-              ".nii.gz label map, in a fresh process; in the process: the command's own time (`SegCore.cli.main`), "
-              "without interpreter start-up and imports. Floor: on the CPU paired in that process (one batch in "
-              f"{PEER_FLOOR_EVERY} followed by a bare pass, per window times its windows); on CUDA the floor above "
-              "per window times its windows.", "",
-              "| device | windows | whole process (s) | in the process (s) | floor (s) | whole / floor "
-              "| in the process / floor | forward inside (s) | beyond forward | peak RSS (MB) | RSS after imports (MB) "
-              "| float32 input (MB) | peak / input |",
-              "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
-    for device, f in report["file"].items():
-        inside = (f"{f['forward_s']:.2f} | {100 * (1 - f['forward_s'] / f['total_s']):.1f} %"
-                  if f["forward_s"] is not None else " | ")
-        lines.append(f"| {device} | {f['windows']} | {f['wall_s']:.2f} | {f['total_s']:.2f} | {f['floor_s']:.2f} "
-                     f"| {f['wall_s'] / f['floor_s']:.3f} | {f['total_s'] / f['floor_s']:.3f} | {inside} "
-                     f"| {f['peak_rss_bytes'] / MB:.0f} | {f['after_imports_bytes'] / MB:.0f} "
-                     f"| {f['input_bytes'] / MB:.0f} | {f['peak_rss_bytes'] / f['input_bytes']:.2f} |")
-    lines += ["", "Targets:", ""]
+    lines += ["", *file_lines(report), "", "Targets:", ""]
     verdict = {True: "met", False: "not met"}
     for (device, name), rows in report["compare"].items():
         ratio = rows["SegStudies"]["wall_s"] / rows["SegStudies"]["floor_s"]
@@ -386,6 +392,9 @@ def main(argv=None) -> int:
     parser.add_argument("--threads", type=int, default=torch.get_num_threads(), help="torch.set_num_threads")
     parser.add_argument("--quick", action="store_true", help="small inputs and patch; RESULTS.md is not written")
     parser.add_argument("--no-write", action="store_true", help="print the section, do not update RESULTS.md")
+    parser.add_argument("--file-only", action="store_true",
+                        help="only the CT-sized file-to-file run (CPU: its paired floor); prints its table, writes "
+                             "nothing")
     parser.add_argument("--child-file", help=argparse.SUPPRESS)  # JSON list: the `segcore` arguments
     args = parser.parse_args(argv)
     if args.child_file:
@@ -413,24 +422,31 @@ def main(argv=None) -> int:
             report["settings"][device_name] = settings
             net.to(device)
             for name, shape in inputs.items():
+                if args.file_only and (name != "CT-sized" or device.type != "cpu"):
+                    continue  # the CPU's file run pairs its own floor; CUDA's needs the comparison's
                 print(f"[{device_name}] {name} {shape}", file=sys.stderr, flush=True)
                 image = make_image(shape)
-                report["compare"][(device_name, name)] = compare(image, net, settings, device, args.repeats)
+                if not args.file_only:
+                    report["compare"][(device_name, name)] = compare(image, net, settings, device, args.repeats)
                 if name == "CT-sized" and device.type == "cuda":
                     report["precision"] = precision_compare(image, net, settings, device, args.repeats)
                 if name == "CT-sized":
                     image_path, checkpoint = write_inputs(Path(tmp), image, plan, net.cpu())
                     net.to(device)
                     f = file_to_file(image_path, checkpoint, settings, device, args.threads)
-                    ours = report["compare"][(device_name, name)]["SegStudies"]
-                    per_window = (f["floor_s"] / f["floor_windows"] if f["floor_windows"]
-                                  else ours["floor_s"] / ours["windows"])
+                    per_window = (f["floor_s"] / f["floor_windows"] if f["floor_windows"] else
+                                  report["compare"][(device_name, name)]["SegStudies"]["floor_s"]
+                                  / report["compare"][(device_name, name)]["SegStudies"]["windows"])
                     f.update(floor_s=per_window * f["windows"], input_bytes=image.size * 4)
                     report["file"][device_name] = f
                 del image
     report["load"] = (load_before, os.getloadavg()[0])
     command = " ".join([os.path.relpath(sys.executable) if sys.executable.startswith(str(ROOT)) else sys.executable,
                         "benchmarks/inference.py", *(argv if argv is not None else sys.argv[1:])])
+    if args.file_only:
+        print("\n".join([f"Command: `{command}`; load average (1 min) before and after: {report['load'][0]:.1f}, "
+                         f"{report['load'][1]:.1f} on {os.cpu_count()} CPUs.", "", *file_lines(report)]))
+        return 0
     text = section(report, args, command)
     print(text)
     if not (args.quick or args.no_write):

@@ -13,7 +13,9 @@ the patch of the padded volume; the benchmark checks that too.
 
 Run by hand with the peers of benchmarks/requirements.txt installed (`make bench` builds .venv-bench):
 `.venv-bench/bin/python benchmarks/training.py --part augmentation` rewrites the "## Augmentation" section of
-benchmarks/RESULTS.md; `--quick` times fewer patches and writes nothing.
+benchmarks/RESULTS.md; `--quick` times fewer patches and writes nothing. `--part pipeline` measures the data
+pipeline's share of a step (benchmarks/pipeline.py); `--part worker-cpu` prints the CPU that one batch costs inside
+a loader worker and in the training process that receives it.
 """
 
 from __future__ import annotations
@@ -331,9 +333,58 @@ def pipeline_benchmark(args) -> str:
     return section
 
 
+def worker_cpu_benchmark(args) -> str:
+    """CPU per batch inside a real loader worker (user + system from /proc/PID/stat, so the shared-memory and page
+    costs of sending a batch count, which a batch made in the training process does not show) and in the training
+    process receiving it, for the pipeline's samplers. The consumer only reads each batch once, so the numbers
+    are CPU time, which load from elsewhere on the machine changes far less than wall time (Linux only)."""
+    import statistics
+    import tempfile
+
+    from benchmarks.pipeline import CASE_ZYX, CASES, SAMPLERS
+    from SegCore.datasets import open_dataset
+    from SegCore.phantoms import write_phantom_dataset
+    from SegCore.training.data import CaseCache, Sampler, build_loader
+    from SegCore.transforms import Augmentation, Preprocessing
+
+    def worker_cpu(pid: int) -> tuple[float, int]:  # (user + system seconds, minor page faults)
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK"), int(fields[7])
+
+    lines = ["| sampler | batch | worker CPU per batch (ms) | worker page faults per batch | training process CPU "
+             "per batch received and read once (ms) |", "|---|---|---|---|---|"]
+    steps = args.pipeline_steps or 30
+    with tempfile.TemporaryDirectory(prefix="segcore-worker-cpu-") as folder:
+        data = write_phantom_dataset("decathlon", Path(folder) / "data", cases=CASES, seed=0, size_zyx=CASE_ZYX)
+        pre = Preprocessing([{"name": "reorient"}, {"name": "zscore"}])
+        cached = CaseCache(Path(folder) / "cache", pre).prepare(open_dataset(data).labelled_cases())
+        for name, spec, _, batch, _ in SAMPLERS:
+            with build_loader(cached, Sampler(spec), Augmentation({}), batch_size=batch, steps_per_epoch=steps,
+                              seed=0, workers=1) as loader:
+                shape = tuple(next(iter(loader.epoch(0)))[0].shape)  # starts the worker
+                pid = loader._loader._iterator._workers[0].pid
+                rounds = []
+                for epoch in range(1, args.pipeline_repeats + 1):
+                    (cpu, faults), main = worker_cpu(pid), time.process_time()
+                    for images, _ in loader.epoch(epoch):
+                        float(images.numpy().sum())  # one thread: torch's would spin between batches
+                    (cpu_after, faults_after), main_after = worker_cpu(pid), time.process_time()
+                    rounds.append(((cpu_after - cpu) / steps, (faults_after - faults) / steps,
+                                   (main_after - main) / steps))
+            cpu, faults, main = (statistics.median(r[i] for r in rounds) for i in range(3))
+            lines.append(f"| {name} | {'x'.join(map(str, shape))} | {1000 * cpu:.1f} | {faults:.0f} "
+                         f"| {1000 * main:.1f} |")
+    load = ", ".join(f"{v:.1f}" for v in os.getloadavg())
+    table = "\n".join([f"Worker CPU: {steps} batches per epoch, median of {args.pipeline_repeats} epochs; load "
+                       f"average after {load}.", "", *lines])
+    print(table)
+    return table
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--part", choices=("augmentation", "pipeline", "all"), default="all")
+    parser.add_argument("--part", choices=("augmentation", "pipeline", "worker-cpu", "all"), default="all",
+                        help="worker-cpu: CPU per batch in a loader worker (printed, not written; not in 'all')")
     parser.add_argument("--repeats", type=int, default=12, help="SegStudies patches timed (each peer: a quarter)")
     parser.add_argument("--libraries", nargs="*", default=list(LIBRARIES), choices=LIBRARIES)
     parser.add_argument("--quick", action="store_true", help="4 patches, RESULTS.md is not written")
@@ -350,6 +401,9 @@ def main(argv=None) -> int:
         return child(args)
     if args.quick:
         args.repeats = 4
+    if args.part == "worker-cpu":
+        worker_cpu_benchmark(args)
+        return 0
     sections = []
     if args.part in ("augmentation", "all"):
         sections.append(augmentation_benchmark(args))

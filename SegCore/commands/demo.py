@@ -2,73 +2,54 @@
 
 from __future__ import annotations
 
-import math
+import shutil
 from pathlib import Path
 
 from SegCore.commands.phantoms import add_size_argument, size_option
 from SegCore.studies import STUDIES
 
-HELP = "run the demo: a synthetic dataset, a short training, a segmentation of a held-out case, its metrics"
+HELP = "run the demo: a synthetic dataset, the study's protocol trained briefly, a held-out case segmented and scored"
 DESCRIPTION = """\
-End to end on synthetic data, on the CPU in about a minute:
-1. write a small synthetic dataset in a study's real on-disk layout (DICOM for the CT studies, NRRD for the
+End to end on synthetic data, on the CPU in a few minutes at most (the default, atrium, in about a minute):
+1. write a small synthetic dataset in the study's real on-disk layout (DICOM for the CT studies, NRRD for the
    atrium, multi-channel NIfTI for thalamus and decathlon), read it back and print its fingerprint
    (fingerprint.png: the distributions);
-2. train a small 2D U-Net briefly on all cases but two (one validates, one is held out): run/ holds the
-   checkpoints, history.csv and the training curve run/curves.png;
-3. segment the held-out case (segmentation.nii.gz and segmentation.seg.nrrd, on the case's own grid);
+2. run the study's published protocol (`segcore run`) with --tiny widths and a short training: run/ holds one
+   training run per stage (checkpoints, history.csv, curves.png), the held-out cases' predictions and
+   evaluation, and run/report.md;
+3. segment one held-out case with the protocol's final models (segmentation.nii.gz and segmentation.seg.nrrd, on
+   the case's own grid, with the study's segment names, colours and terminology);
 4. evaluate it against its reference (evaluation/metrics.csv and plots) and draw segmentation.png: axial,
    coronal and sagittal slices in mm with orientation letters, the segmentation filled, the reference outlined.
-It prints where these are and the held-out Dice. The network is the demo's, not the study's published one
-(the study presets come with a later version). Everything goes under --out; the demo's own files there are
+It prints where these are and the held-out Dice. Everything goes under --out; the demo's own files there are
 replaced on every run.
 
 examples:
   segcore demo                              # atrium, into ./demo-output
-  segcore demo --study pancreas --out /tmp/pancreas-demo --cases 6
+  segcore demo --study pancreas --out /tmp/pancreas-demo
 """
-
-DEMO_PLAN = {"model": {"name": "unet2d"}, "optim": {"lr": 0.003}}  # with --tiny's sizes: learns in seconds
-DEMO_EPOCHS, DEMO_STEPS, DEMO_BATCH = 14, 20, 8
 
 
 def add_arguments(parser) -> None:
-    parser.add_argument("--study", choices=list(STUDIES), default="atrium",
-                        help="whose dataset layout (default atrium)")
+    parser.add_argument("--study", choices=list(STUDIES), default="atrium", help="which study (default atrium)")
     parser.add_argument("--out", type=Path, default=Path("demo-output"), help="output folder (default demo-output)")
-    parser.add_argument("--cases", type=int, default=6, help="number of synthetic cases, at least 3 (default 6)")
-    add_size_argument(parser, default=48)
-    parser.add_argument("--epochs", type=int, default=DEMO_EPOCHS, help=f"training epochs (default {DEMO_EPOCHS})")
-    parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    parser.add_argument("--cases", type=int, help="number of synthetic cases, at least 3 (default: the study's)")
+    add_size_argument(parser, default=None)
+    parser.add_argument("--epochs", type=int, help="training epochs of every stage (default: the study's demo)")
+    parser.add_argument("--seed", type=int, help="random seed of the phantoms (default 0) and of the training "
+                                                    "(default: the study's)")
 
 
-def _plan(data: Path, study: str, cases: list[str], epochs: int, seed: int, out: Path) -> dict:
-    """The demo's training plan: --tiny sizes, whole slices, cases[:-2] train, cases[-2] validates (the case
-    lists are written to `out`, as a user's split files would be)."""
-    import json
+def _final_test(study, fold):
+    from SegCore.protocol.stages import select_stages
 
-    from SegCore.atomic import atomic_file
-    from SegCore.training.config import preprocessed_shape, resolve_plan
-    from SegCore.training.derive import data_facts
-
-    lists = {}
-    for name, ids in (("train", cases[:-2]), ("validation", [cases[-2]])):
-        lists[name] = out / f"{name}_cases.json"
-        with atomic_file(lists[name]) as tmp:
-            tmp.write_text(json.dumps(ids), encoding="utf-8")
-    facts = data_facts(data)
-    config = {**DEMO_PLAN, "study": study, "data": {"root": str(data)},
-              "split": {"kind": "lists", "train_list": str(lists["train"]),
-                        "validation_list": str(lists["validation"])}}
-    flags = {"epochs": epochs, "steps_per_epoch": DEMO_STEPS, "batch": DEMO_BATCH, "seed": seed}
-    # A first plan with the smallest slices only to learn the padded image size (--tiny's 32 x 32 may not fit).
-    plan = resolve_plan(config, tiny=True, flags=flags, facts=facts, overrides=["sampler.size_yx=[8,8]"])
-    padded = preprocessed_shape(plan["preprocessing"], facts) or (32, 32, 32)
-    side = 8 * max(1, math.floor(min(padded[1:]) / 8))  # whole axial slices, a multiple of the U-Net's divisor
-    return resolve_plan(config, tiny=True, flags=flags, facts=facts, overrides=[f"sampler.size_yx=[{side},{side}]"])
+    tests = [stage for stage in select_stages(study.protocol, fold) if stage.kind == "test"]
+    return tests[-1]
 
 
 def run(args, progress) -> dict:
+    import json
+
     from SegCore.commands.inspect import report
     from SegCore.datasets import compute_fingerprint, load_case, open_dataset, write_case_preview, write_fingerprint
     from SegCore.errors import SegCoreError
@@ -77,29 +58,45 @@ def run(args, progress) -> dict:
     from SegCore.io import write_image
     from SegCore.metrics import evaluate, write_report
     from SegCore.phantoms import write_phantom_dataset
-    from SegCore.training.trainer import train_from_plan
+    from SegCore.protocol import run_protocol
+    from SegCore.protocol.stages import resolve_references
+    from SegCore.protocol.testing import open_plan_dataset
+    from SegCore.studies import get_study
+    from SegCore.training.run_folder import RunFolder
 
-    if args.cases < 3:
-        raise SegCoreError(f"the demo needs at least 3 cases (train, validate, hold out), got {args.cases}",
-                           fix="use --cases 6 (the default)")
-    data = write_phantom_dataset(args.study, args.out / f"{args.study}-phantom", cases=args.cases,
-                                 size_zyx=size_option(args.size), seed=args.seed, overwrite=True, progress=progress)
-    dataset = open_dataset(data)
+    study = get_study(args.study)
+    demo = study.demo
+    cases = args.cases if args.cases is not None else int(demo.get("cases", 6))
+    if cases < 3:
+        raise SegCoreError(f"the demo needs at least 3 cases (train, validate, hold out), got {cases}",
+                           fix="use --cases 6")
+    size = size_option(args.size) if args.size is not None else demo.get("size")
+    data = write_phantom_dataset(study.name, args.out / f"{study.name}-phantom", cases=cases, size_zyx=size,
+                                 seed=args.seed or 0, overwrite=True, progress=progress, **demo.get("phantom", {}))
+    dataset = open_dataset(data, **study.preset.get("data", {}).get("options", {}))  # as the study reads it
     fingerprint = compute_fingerprint(dataset, progress=progress)
     print(report(dataset, fingerprint))
     json_path, png_path = write_fingerprint(fingerprint, args.out)
 
-    cases = [case for case in dataset.cases if case.has_label]
-    plan = _plan(data, args.study, [case.case_id for case in cases], args.epochs, args.seed, args.out)
     run_folder = args.out / "run"
-    print(f"\ntraining a small 2D U-Net for {args.epochs} epochs of {DEMO_STEPS} steps on {len(cases) - 2} cases "
-          f"(validating on {cases[-2].case_id}) into {run_folder}")
-    trained = train_from_plan(plan, run_folder, overwrite=True, progress=progress)
-    print(trained["summary"])
-
-    held_out = cases[-1]
+    if run_folder.exists() and (run_folder / "protocol.json").is_file():
+        shutil.rmtree(run_folder)  # the demo's own run of a previous call
+    overrides = [*demo.get("overrides", []), *([] if args.seed is None else [f"training.seed={args.seed}"])]
+    if args.epochs is not None:
+        overrides.append(f"training.epochs={args.epochs}")
+    fold = demo.get("fold")
+    print(f"\nrunning the {study.name} protocol (--tiny{f', fold {fold}' if fold is not None else ''}) into "
+          f"{run_folder}")
+    result = run_protocol(study.name, data, run_folder, tiny=True, fold=fold, overrides=overrides, device="cpu",
+                          progress=progress)
+    test = _final_test(study, fold)
+    record = json.loads((run_folder / test.name / "test.json").read_text(encoding="utf-8"))
+    # the held-out case as the models' plan reads the dataset (its label source, subject lists)
+    plan = RunFolder(run_folder / test.models[0]).read_plan()
+    held_out = next(case for case in open_plan_dataset(plan).cases if case.case_id == record["cases"][0])
     image, reference = load_case(held_out)
-    predictor = Predictor(run_folder / "best.pt", device="cpu", progress=progress)
+    predictor = Predictor([run_folder / name / "best.pt" for name in test.models], device="cpu",
+                          settings=resolve_references(test.plan.get("inference", {}), run_folder), progress=progress)
     prediction = predictor.predict(image, path=held_out.image_paths[0])
     written = []
     for name in ("segmentation.nii.gz", "segmentation.seg.nrrd"):
@@ -115,12 +112,15 @@ def run(args, progress) -> dict:
                                        f"reference outlined (Dice {headline:.3f})")
     preview = write_case_preview(image, reference, args.out / "case-preview.png",
                                  title=f"{dataset.name}: case {held_out.case_id}, label outlined")
+    curves = run_folder / test.models[-1] / "curves.png"
     per_label = ", ".join(f"{row['label_name']} {row['dice']:.3f}" for row in evaluation.rows if row.get("dice")
                           is not None)
     print(f"\nheld-out case {held_out.case_id}: mean Dice {headline:.3f} ({per_label})")
-    print(f"wrote the dataset to {data}\nthe run (checkpoints, history.csv, curves.png) to {run_folder}\n"
+    print(f"wrote the dataset to {data}\nthe protocol's runs and report to {run_folder} ({result['report'][1]})\n"
           f"the segmentation to {', '.join(str(p) for p in written)}\nthe metrics to {args.out / 'evaluation'}"
-          f"\nthe pictures {picture}, {preview.name}, {png_path.name}")
-    print(f"next: segcore predict --model {run_folder / 'best.pt'} --input SCAN --output SEG.seg.nrrd")
+          f"\nthe pictures {picture}, {preview.name}, {png_path.name}, the training curve {curves}")
+    models = " ".join(str(run_folder / name / "best.pt") for name in test.models)
+    print(f"next: segcore predict --model {models} --input SCAN --output SEG.seg.nrrd")
     return {"files": [str(data), str(run_folder), *map(str, written), *map(str, report_files), str(picture),
-                      str(preview), str(json_path), str(png_path)], "dice": headline, "held_out": held_out.case_id}
+                      str(preview), str(json_path), str(png_path), str(curves)], "dice": headline,
+            "held_out": held_out.case_id, "study": study.name}

@@ -44,6 +44,7 @@ examples:
   segcore phantoms --study decathlon --task BrainTumour --out Task01_BrainTumour --cases 6 --seed 3
   segcore phantoms --study pancreas --out NIH-phantom --size 64 --difficulty hard
   segcore phantoms --study thalamus --out HCP-phantom --size 48 56 48 --overwrite
+  segcore phantoms --study muscle --out sarco-phantom --cases 4 --unlabelled 2
 """
 
 
@@ -58,6 +59,8 @@ def add_arguments(parser) -> None:
                         help="target contrast and noise (default easy)")
     parser.add_argument("--task", choices=DECATHLON_TASKS, default=DEFAULT_TASK,
                         help=f"which Decathlon task to imitate with --study decathlon (default {DEFAULT_TASK})")
+    parser.add_argument("--unlabelled", type=int, default=0, metavar="N",
+                        help="muscle only: N more scans without a label (what self-distillation labels; default 0)")
     parser.add_argument("--overwrite", action="store_true", help="replace --out if it exists and is not empty")
 
 
@@ -83,9 +86,10 @@ def run(args, progress) -> dict:
     size = size_option(args.size)
     out = write_phantom_dataset(args.study, args.out, cases=args.cases, size_zyx=size, seed=args.seed,
                                 difficulty=args.difficulty, task=args.task, overwrite=args.overwrite,
-                                progress=progress)
+                                unlabelled=args.unlabelled, progress=progress)
     shape = resolve_shape(args.study, size, args.task)
     what = f"decathlon {args.task}" if args.study == "decathlon" else args.study
-    print(f"wrote {args.cases} {what} phantom case(s), {shape[0]}x{shape[1]}x{shape[2]} voxels (z,y,x), "
+    extra = f" and {args.unlabelled} unlabelled" if args.unlabelled else ""
+    print(f"wrote {args.cases}{extra} {what} phantom case(s), {shape[0]}x{shape[1]}x{shape[2]} voxels (z,y,x), "
           f"difficulty {args.difficulty}, seed {args.seed}, to {out}")
     return {"files": [str(out)]}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 from pathlib import Path
 
 HELP = "segment images with trained checkpoints (one case, or a folder of cases; resumable; torchrun)"
@@ -24,6 +25,7 @@ examples:
   segcore predict --model runs/la/best.pt --input ct_dicom/ --output ct_pred.seg.nrrd
   segcore predict --model f0/best.pt f1/best.pt f2/best.pt --input t1.nii.gz t2.nii.gz --output pred.nrrd
   segcore predict --model runs/la/best.pt --input LA-phantom --output predictions/ --tta --resume
+  segcore predict --model runs/la/best.pt --input scan.nii.gz --output pred.nii.gz --device cuda --no-tta
   segcore predict --model runs/la/best.pt --input scans/ --output out/ --probabilities --format seg.nrrd
   torchrun --nproc_per_node 2 -m SegCore predict --model runs/la/best.pt --input scans/ --output out/
 """
@@ -41,8 +43,9 @@ def add_arguments(parser) -> None:
     parser.add_argument("--output", type=Path, required=True, metavar="PATH",
                         help="the output file (one case) or folder (a folder of cases)")
     parser.add_argument("--device", default="auto", metavar="D", help="auto (default), cpu, cuda, cuda:N or mps")
-    parser.add_argument("--tta", action="store_true", default=None,
-                        help="test-time mirroring (default: on for CUDA, off on the CPU)")
+    parser.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None,
+                        help="test-time mirroring on or off (default: the plan's inference.tta; its \"auto\": on "
+                             "for CUDA, off on the CPU)")
     parser.add_argument("--overlap", type=float, metavar="F", help="sliding-window overlap in [0, 1) (default 0.5)")
     parser.add_argument("--batch", type=int, metavar="N", help="windows or slices per forward pass")
     parser.add_argument("--no-postprocess", action="store_true",
@@ -69,16 +72,15 @@ def requested_settings(args) -> dict:
 
 def _one_case(args, predictor, case) -> dict:
     from SegCore.errors import SegCoreError
-    from SegCore.inference import read_input
     from SegCore.inference.outputs import output_paths, write_prediction
 
     if args.output.is_dir():
         raise SegCoreError("the output is a folder, but the input is one case", path=args.output,
                            fix=f"give a file path, e.g. {args.output / (case.case_id + '.nii.gz')}")
     label_path = output_paths(args.output, None, args.format)["label"]
-    image = read_input(list(case.paths), channels=predictor.channels, resample=args.resample)
-    prediction = predictor.predict(image, probabilities=args.probabilities, uncertainty=args.uncertainty,
-                                   path=case.paths[0])
+    # the Predictor reads the case itself, so that it can release the image it read once preprocessing has a copy
+    prediction = predictor.predict_files(list(case.paths), resample=args.resample, probabilities=args.probabilities,
+                                         uncertainty=args.uncertainty)
     files = write_prediction(prediction, label_path, args.format, predictor.labels)
     for warning in prediction.warnings:
         print(f"warning: {warning}")

@@ -22,8 +22,9 @@ that lists the valid ones), then the options below. --resume continues with the 
 --device and --workers may differ). --plan RUN/plan.json repeats a run exactly. A folder that
 holds a previous run is refused unless --resume (continue from last.pt, bit-exact on the CPU with
 --deterministic) or --overwrite. Ctrl-C or SIGTERM stops at the next step, writes last.pt and prints the
-command that resumes. The study presets (each study's published settings) come with a later version: today
---study gives the study's facts (labels, channels, dataset layout) and the configuration gives the rest.
+command that resumes. --study S starts from the study's published settings (its preset in
+SegCore/studies/S.py: preprocessing, network, loss, sampler, optimiser, schedule, inference; docs/studies.md);
+a configuration file and --set change any of them. `segcore run --study S` runs the study's whole protocol.
 
 Under `torchrun --nproc_per_node N` (and its multi-node flags) the same command trains with
 DistributedDataParallel (NCCL on GPUs, gloo on the CPU); only rank 0 writes. `python SegCore/train.py ...`
@@ -33,6 +34,7 @@ See docs/training.md.
 examples:
   segcore phantoms --study atrium --out LA-phantom --cases 4 --size 32
   segcore train --data LA-phantom --out runs/la --config SegCore/configs/example.json --tiny
+  segcore train --study atrium --data LA-phantom --out runs/la-seg --tiny      # the study's published settings
   segcore train --data LA-phantom --out runs/la --config my.toml --set optim.lr=1e-3 model.arguments.base_channels=4
   segcore train --data LA-phantom --out runs/la --resume
   segcore train --plan runs/la/plan.json --out runs/la-again
@@ -48,14 +50,18 @@ def add_arguments(parser) -> None:
     parser.add_argument("--data", type=Path, metavar="DIR", help="dataset folder (required unless --plan)")
     parser.add_argument("--out", type=Path, required=True, metavar="RUN", help="run folder to create or resume")
     parser.add_argument("--plan", type=Path, metavar="PLAN", help="repeat a run from its plan.json")
-    parser.add_argument("--study", choices=list(STUDIES), help="take labels, channels and layout from a study")
+    parser.add_argument("--study", choices=list(STUDIES),
+                        help="start from the study's published settings (its preset) and dataset layout")
     parser.add_argument("--config", type=Path, metavar="FILE", help="JSON or TOML file with keys of plan.json")
-    parser.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE", dest="overrides",
+    parser.add_argument("--set", nargs="+", action="extend", default=[], metavar="KEY=VALUE", dest="overrides",
                         help="override plan keys, e.g. optim.lr=1e-3 model.arguments.features=[8,16]")
     parser.add_argument("--fold", type=int, metavar="K", help="cross-validation fold to train")
     parser.add_argument("--epochs", type=int, metavar="N")
     parser.add_argument("--steps-per-epoch", type=int, metavar="N")
     parser.add_argument("--batch", type=int, metavar="N", help="batch size per process")
+    parser.add_argument("--memory-budget", type=float, metavar="MB",
+                        help="MiB per device for one training step: derive what the plan leaves \"auto\" (patch, "
+                             "batch) to fit, and check the rest (docs/training.md, Automatic plan)")
     parser.add_argument("--seed", type=int, metavar="N")
     parser.add_argument("--deterministic", action="store_true",
                         help="deterministic algorithms only (bit-exact resume on the CPU; slower on GPUs)")
@@ -130,10 +136,6 @@ def run(args, progress) -> dict:
     if args.resume:
         plan["device"] = args.device or plan["device"]
         plan["training"]["workers"] = plan["training"]["workers"] if args.workers is None else args.workers
-    if args.study is not None and rank_from_environment() == 0:
-        print(f"--study {args.study}: labels, channels and the dataset layout come from the study; its published "
-              "training settings (network, patch, schedule) come with a later version of SegStudies, so this run "
-              "trains what the configuration says")
     result = train_from_plan(plan, args.out, resume=args.resume, overwrite=args.overwrite, progress=progress,
                              resume_command=resume_command())
     summary = result.pop("summary")

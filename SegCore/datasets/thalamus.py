@@ -3,6 +3,12 @@
 The channel files, the label sources with their stored thalamus values (FreeSurfer 10 / 49, QuickNAT 7 / 25),
 the subject lists and the labels are the thalamus study's (`SegCore.studies.thalamus`, whose docstring draws
 the tree). The input channels are any combination of the study's channels; each is one file.
+
+    dataset = read(root, channels=("FA", "T1"), label_source="manual", subjects_file="fine_tuning_subjects.txt")
+    [case.case_id for case in dataset.labelled_cases()]     # the listed subjects that have manual/manual.nii.gz
+
+A label source every subject has (FreeSurfer, STAPLE, FSL, QuickNAT) is required of each subject; the manual
+labels exist for some subjects only, and the others are read as unlabelled.
 """
 
 from __future__ import annotations
@@ -39,21 +45,41 @@ def looks_like(root: Path) -> bool:
     return any(_is_subject(f) for f in subfolders(root))
 
 
-def read(root: str | Path, *, channels: tuple[str, ...] = DEFAULT_CHANNELS,
+def _list_path(root: Path, subjects_file: str | Path) -> Path:
+    """A relative `subjects_file` names a list in the dataset folder when one is there ('training_subjects.txt'),
+    else a path from the working folder; an absolute one is itself."""
+    path = Path(subjects_file)
+    if not path.is_absolute() and (root / path).is_file():
+        return root / path
+    if not path.is_file():
+        raise SegCoreError(f"no subject list {path}", path=path if path.is_absolute() else root / path,
+                           fix="write the list (one subject id per line), or read every subject "
+                               "(--set data.options.subjects_file=null)")
+    return path
+
+
+def read(root: str | Path, *, channels: tuple[str, ...] | list[str] = DEFAULT_CHANNELS,
          label_source: str = LAYOUT.default_label_source,
          left_right: bool = False, subjects_file: str | Path | None = None, require_labels: bool = True) -> Dataset:
     """Read the subjects under `root` (or those listed in `subjects_file`) with the given input channels.
 
+    channels: any of the study's five, in the order given (the model's channel order). label_source: one of
+    LAYOUT.label_sources. subjects_file: a list of subject ids (see `_list_path`).
     Raises SegCoreError naming the first missing channel file, a listed subject that has no folder, or a
-    missing label file (unless `require_labels` is False).
+    missing label file of a source every subject has (unless `require_labels` is False). The manual labels
+    (a source only some subjects have) leave the others unlabelled; none at all is an error.
     """
     root = check_root(root)
+    channels = tuple(channels)
     unknown = [c for c in channels if c not in CHANNEL_FILES]
-    if unknown or not channels:
-        raise SegCoreError(f"unknown thalamus channel(s) {unknown}", fix=f"choose from {list(CHANNEL_FILES)}")
-    label_file = LAYOUT.label_source(label_source).file
+    if unknown or not channels or len(set(channels)) != len(channels):
+        raise SegCoreError(f"thalamus channels must be distinct names of the study's channels, got {list(channels)}",
+                           fix=f"choose from {list(CHANNEL_FILES)}")
+    source = LAYOUT.label_source(label_source)
+    label_file = source.file
     subjects = [f for f in subfolders(root) if _is_subject(f)]
     if subjects_file is not None:
+        subjects_file = _list_path(root, subjects_file)
         wanted = read_case_list(subjects_file)
         by_name = {f.name: f for f in subjects}
         absent = [s for s in wanted if s not in by_name]
@@ -78,7 +104,7 @@ def read(root: str | Path, *, channels: tuple[str, ...] = DEFAULT_CHANNELS,
                                        "(subjects_file)")
         label = folder / label_file
         if not label.is_file():
-            if require_labels:
+            if require_labels and source.every_subject:
                 raise SegCoreError(f"subject {folder.name} has no {label_source} label file", path=label,
                                    fix="restore it, pick another label source, or pass require_labels=False")
             label = None
@@ -86,6 +112,10 @@ def read(root: str | Path, *, channels: tuple[str, ...] = DEFAULT_CHANNELS,
         subset = "test" if any(name.startswith("test") for name in member_of) else "training"
         cases.append(Case(folder.name, tuple(ImageSource(folder / CHANNEL_FILES[c], (c,)) for c in channels),
                           label, rule, NAME, subset, {"subject_lists": member_of, "label_source": label_source}))
+    if require_labels and not any(case.label_path is not None for case in cases):
+        raise SegCoreError(f"none of the {len(cases)} subject(s) has a {label_source} label ({label_file})",
+                           path=root, fix="pick another label source (data.options.label_source), or other subjects")
     names = STUDY.label_names("left_right" if left_right else None)
     return Dataset(root.name, NAME, root, cases, tuple(channels), names, STUDY.modality,
-                   {"label_source": label_source, "subject_lists": sorted(lists)})
+                   {"label_source": label_source, "subject_lists": sorted(lists),
+                    "subjects_file": None if subjects_file is None else str(subjects_file)})

@@ -4,6 +4,7 @@ masks of two successive rounds agree.
     result = coarse_to_fine({"axial": rstn_z, "coronal": rstn_y, "sagittal": rstn_x}, image_zyx)
     result["probabilities"]                   # (2, Z, Y, X) float32, [1 - p, p] of the last round
     result["rounds"], result["converged"], result["inter_dice"], result["dice_at"], result["mask"]
+    result["extras"]["round-at-0.95"]         # (Z, Y, X) bool: the mask the study scores at that threshold
 
 The rules, from the study's code (OrganSegRSTN_PyTorch: coarse_testing.py, coarse2fine_testing.py,
 oracle_testing.py, utils.post_processing):
@@ -26,8 +27,16 @@ oracle_testing.py, utils.post_processing):
 - dice_at: the study reports each case at inter-round Dice thresholds 0.90, 0.95, 0.98 and 0.99 (the first
   round reaching it, else its last); here the round (1 = the first fine round), None when never reached.
 - oracle (diagnosis): with `oracle_label` one fine round runs on the label's box instead (RSTN mode "oracle":
-  saliency from the model's own coarse map), stacks without label voxels skipped, fused and filtered as above
-  (the study's oracle_fusion also reports other vote counts; mean >= 0.5 is its majority vote).
+  saliency from the model's own coarse map), stacks without label voxels skipped, fused as above; with
+  `largest_component` its mask is filtered as the study's oracle_fusion filters F2P (below).
+- extras (`extras=True`), the masks the study's scripts score besides the final one, each (Z, Y, X) bool:
+  "<pass>-<view>" per plane (probability >= `threshold`: coarse_testing.py / oracle_testing.py), with several
+  planes "<pass>-F<v>" (the planes' summed probabilities >= v - 0.5, v = 1 .. number of planes: F1, F2, F3 of
+  coarse_fusion.py / oracle_fusion.py) and, with `largest_component`, "<pass>-F<v>P" (F<v> filtered, only
+  components holding a seed voxel counted, the seeds the highest non-empty F: the study's S = F3, else F2, else
+  F1); <pass> is "coarse" (round 0) or "oracle". Without the oracle also "round-at-<t>" for each of
+  `thresholds` (the mask of the round `dice_at` names; when never reached, the last round's, which is the
+  study's round max_rounds whenever `convergence_dice` is the largest threshold).
 """
 
 from __future__ import annotations
@@ -47,15 +56,43 @@ from SegCore.models.rstn import inter_iteration_dice
 COMPONENT_FRACTION = 0.5  # the study keeps components of at least this fraction of the largest one's size
 
 
-def keep_large_components(mask_zyx: Tensor, fraction: float = COMPONENT_FRACTION) -> Tensor:
+def keep_large_components(mask_zyx: Tensor, fraction: float = COMPONENT_FRACTION,
+                          seeds_zyx: Tensor | None = None) -> Tensor:
     """The 6-connected components of a bool (Z, Y, X) mask with at least `fraction` x the largest one's voxels
-    (fraction 1: the largest only, ties kept). Returns a bool (Z, Y, X) tensor on the CPU."""
+    (fraction 1: the largest only, ties kept). seeds_zyx: bool (Z, Y, X); when given, only components holding a
+    seed voxel count (the others are removed, and the largest is the largest seeded one: the study's
+    post_processing(F, S, ...)). Returns a bool (Z, Y, X) tensor on the CPU."""
     labels, count = ndimage.label(mask_zyx.cpu().numpy())  # scipy's default 3D structure: the 6 faces
-    if count <= 1:
+    if count <= 1 and seeds_zyx is None:
         return mask_zyx.cpu().bool()
-    sizes = np.bincount(labels.ravel())[1:]
-    keep = np.concatenate([[False], sizes >= fraction * sizes.max()])
-    return torch.from_numpy(keep[labels])
+    sizes = np.bincount(labels.ravel(), minlength=count + 1)[1:]
+    candidate = np.ones(count, dtype=bool)
+    if seeds_zyx is not None:
+        candidate = np.zeros(count + 1, dtype=bool)
+        candidate[labels[seeds_zyx.cpu().numpy().astype(bool)]] = True
+        candidate = candidate[1:]
+    if not candidate.any():
+        return torch.zeros(mask_zyx.shape, dtype=torch.bool)
+    keep = candidate & (sizes >= fraction * sizes[candidate].max())
+    return torch.from_numpy(np.concatenate([[False], keep])[labels])
+
+
+def fusion_masks(mean_zyx: Tensor, planes: int, prefix: str, filtered: bool) -> dict[str, Tensor]:
+    """The study's fusions of `planes` planes from their mean probability (Z, Y, X): "<prefix>-F<v>" (summed
+    probability >= v - 0.5) and, when `filtered`, "<prefix>-F<v>P" (seeded by the highest non-empty F<v>)."""
+    votes = [mean_zyx * planes >= v - 0.5 for v in range(1, planes + 1)]
+    masks = {f"{prefix}-F{v}": mask for v, mask in enumerate(votes, start=1)}
+    if filtered:
+        seeds = next((mask for mask in reversed(votes) if bool(mask.any())), votes[0])
+        masks.update({f"{prefix}-F{v}P": keep_large_components(mask, seeds_zyx=seeds)
+                      for v, mask in enumerate(votes, start=1)})
+    return masks
+
+
+def threshold_name(threshold: float) -> str:
+    """'round-at-0.90': the extra that holds the mask at inter-round Dice `threshold` (two decimals or more)."""
+    text = f"{threshold:.2f}"
+    return f"round-at-{text if float(text) == float(threshold) else repr(float(threshold))}"
 
 
 def stack_ids(n: int, slices: int) -> Tensor:
@@ -140,8 +177,8 @@ def _check(models, image_zyx, oracle_label, max_rounds, convergence_dice, batch,
 def coarse_to_fine(models: Mapping[str, torch.nn.Module], image_zyx: Tensor, *, max_rounds: int = 10,
                    convergence_dice: float = 0.99, thresholds: Sequence[float] = (0.90, 0.95, 0.98, 0.99),
                    largest_component: bool = True, oracle_label: Tensor | None = None, batch: int = 8,
-                   threshold: float = 0.5, precision: str = "float32",
-                   device: str | torch.device = "cpu") -> dict:
+                   threshold: float = 0.5, precision: str = "float32", device: str | torch.device = "cpu",
+                   extras: bool = True) -> dict:
     """The study's coarse-to-fine test of one volume (rules in the module doc).
 
     models: view ("axial", "coronal", "sagittal") -> RSTN-like module on `device`, in eval mode, with
@@ -150,15 +187,17 @@ def coarse_to_fine(models: Mapping[str, torch.nn.Module], image_zyx: Tensor, *, 
     image_zyx: float32 (Z, Y, X) (or (1, Z, Y, X)) preprocessed CT on the CPU.
     oracle_label: (Z, Y, X), organ > 0.5 (diagnosis mode). batch: stacks per forward pass.
     precision: "float32", "float16" or "bfloat16" (autocast on CUDA only).
-    Returns {"probabilities": (2, Z, Y, X) float32 CPU, "mask": (Z, Y, X) bool (the last round's),
-    "rounds": fine rounds run, "converged": bool, "inter_dice": [float per round], "dice_at": {threshold:
-    round or None}}.
+    extras: also return the study's other masks (module doc). Returns {"probabilities": (2, Z, Y, X) float32 CPU,
+    "mask": (Z, Y, X) bool (the last round's), "rounds": fine rounds run, "converged": bool, "inter_dice": [float
+    per round], "dice_at": {threshold: round or None}, "extras": {name: (Z, Y, X) bool} (empty without extras)}.
     """
     image = _check(models, image_zyx, oracle_label, max_rounds, convergence_dice, batch, thresholds)
     weight = 1.0 / len(models)
     options = {"batch": batch, "device": device}
+    found: dict[str, Tensor] = {}
 
-    def fused(make_run, volumes, skip_empty: Tensor | None = None) -> Tensor:
+    def fused(make_run, volumes, skip_empty: Tensor | None = None, prefix: str | None = None) -> Tensor:
+        """The planes' mean probability; with `prefix` (and extras) each plane's mask goes into `found`."""
         total = torch.zeros(image.shape, dtype=torch.float32)
         for view, model in models.items():
             axis, slices = VIEWS.index(view), getattr(model, "slices", 3)
@@ -166,33 +205,54 @@ def coarse_to_fine(models: Mapping[str, torch.nn.Module], image_zyx: Tensor, *, 
             if skip_empty is not None:  # run only stacks with a voxel of the mask (or label) in their slices
                 has = skip_empty.movedim(axis, 0).flatten(1).any(dim=1)
                 active = has[stack_ids(has.shape[0], slices)].any(dim=1)
+            plane = torch.zeros(image.shape, dtype=torch.float32) if prefix and extras else total
             with _precision_context(device, precision):
-                stack_average(make_run(model), volumes, axis, total, weight=weight, slices=slices,
-                              active=active, **options)
-        return total.clamp_(0.0, 1.0)  # float rounding of the means
+                stack_average(make_run(model), volumes, axis, plane, weight=1.0 if plane is not total else weight,
+                              slices=slices, active=active, **options)
+            if plane is not total:
+                found[f"{prefix}-{view}"] = plane >= threshold
+                total.add_(plane, alpha=weight)
+                del plane
+        total.clamp_(0.0, 1.0)  # float rounding of the means
+        if prefix and extras and len(models) > 1:
+            found.update(fusion_masks(total, len(models), prefix, largest_component))
+        return total
 
-    def filtered(prob: Tensor) -> Tensor:
+    def filtered(prob: Tensor, seeded: bool = False) -> Tensor:
         mask = prob >= threshold
-        return keep_large_components(mask) if largest_component else mask
+        if not largest_component:
+            return mask
+        if seeded and len(models) > 1:  # the study's fusion: seeds from the most agreed non-empty vote count
+            votes = [prob * len(models) >= v - 0.5 for v in range(len(models), 0, -1)]
+            return keep_large_components(mask, seeds_zyx=next((v for v in votes if bool(v.any())), votes[-1]))
+        return keep_large_components(mask)
 
-    prob = fused(lambda m: lambda x: m(x, mode="coarse")["coarse"], [image])
+    oracle = oracle_label is not None
+    prob = fused(lambda m: lambda x: m(x, mode="coarse")["coarse"], [image], prefix=None if oracle else "coarse")
     mask = prob >= threshold
     inter_dice: list[float] = []
-    if oracle_label is not None:
+    at_round: dict[float, Tensor] = {}
+    if oracle:
         label = (oracle_label.cpu() > 0.5).float()
-        prob = fused(lambda m: lambda x, y: m(x, label=y, mode="oracle")["fine"], [image, label], label > 0)
-        previous, mask = mask, filtered(prob)
+        prob = fused(lambda m: lambda x, y: m(x, label=y, mode="oracle")["fine"], [image, label], label > 0,
+                     prefix="oracle")
+        previous, mask = mask, filtered(prob, seeded=True)
         inter_dice.append(inter_iteration_dice(previous, mask))
     else:
         while len(inter_dice) < max_rounds and bool(mask.any()):
             prob = fused(lambda m: lambda x, p, b: m.refine(x, p, b)["fine"], [image, prob, mask], mask)
             previous, mask = mask, filtered(prob)
             inter_dice.append(inter_iteration_dice(previous, mask))
+            for t in thresholds:  # the study scores each case at the first round that reaches t
+                if extras and t not in at_round and inter_dice[-1] >= t:
+                    at_round[t] = mask
             if inter_dice[-1] >= convergence_dice:
                 break
+        if extras:
+            found.update({threshold_name(t): at_round.get(t, mask) for t in thresholds})
     if inter_dice and largest_component:
         prob[(prob >= threshold) & ~mask] = 0.0
     dice_at = {float(t): next((r for r, d in enumerate(inter_dice, start=1) if d >= t), None) for t in thresholds}
     return {"probabilities": torch.stack([1.0 - prob, prob]), "mask": mask, "rounds": len(inter_dice),
             "converged": bool(inter_dice) and inter_dice[-1] >= convergence_dice, "inter_dice": inter_dice,
-            "dice_at": dice_at}
+            "dice_at": dice_at, "extras": found}

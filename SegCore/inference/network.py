@@ -5,6 +5,7 @@ zero-padding spatial sides up to the network's `divisor`.
     probs = probabilities(logits)                        # (B, max(K, 2), *spatial), sums to 1 over axis 1
     padded, sizes = pad_to_multiple(x, divisor=16, dims=3)
     out = net_fn(padded)[..., :sizes[0], :sizes[1], :sizes[2]]   # the caller crops back
+    index_zyx = class_indices(probs_kzyx)                # (Z, Y, X) uint8: argmax over the classes, ties to the lowest
 
 A one-channel network predicts one sigmoid foreground map; its probabilities are [1 - p, p], so every strategy
 handles K' = max(K, 2) classes the same way. `network_function` makes the net_fn of a model, for the Predictor
@@ -63,6 +64,28 @@ def probabilities(logits: Tensor) -> Tensor:
         # 1 - sigmoid(z) = sigmoid(-z), which keeps its precision where p is close to 1
         return torch.cat([torch.sigmoid(-logits), foreground], dim=1)
     return torch.softmax(logits, dim=1)
+
+
+def class_indices(probs: Tensor, slab: int = 16) -> Tensor:
+    """(K, N, *rest) class scores -> (N, *rest) uint8 (int32 past 256 classes): the index of the largest class,
+    the lowest one on ties, exactly as `probs.argmax(0)` (finite scores), on the scores' device.
+
+    A running maximum over the classes, `slab` entries of axis 1 at a time: torch's argmax over axis 0 of a
+    (K, Z, Y, X) volume is slow (seconds for a CT) and gives an int64 volume; two classes are one comparison.
+    """
+    k = probs.shape[0]
+    index = torch.zeros(probs.shape[1:], dtype=torch.uint8 if k <= 256 else torch.int32, device=probs.device)
+    if k == 2:
+        torch.gt(probs[1], probs[0], out=index.view(torch.bool))  # bool and uint8 share one byte: no copy
+        return index
+    for start in range(0, probs.shape[1], slab):
+        part, best = index[start:start + slab], probs[0, start:start + slab].clone()
+        for c in range(1, k):
+            scores = probs[c, start:start + slab]
+            better = scores > best  # strictly: a tie keeps the lower class, as argmax
+            part.masked_fill_(better, c)
+            torch.where(better, scores, best, out=best)
+    return index
 
 
 def pad_to_multiple(x: Tensor, divisor: int, dims: int) -> tuple[Tensor, tuple[int, ...]]:

@@ -72,12 +72,14 @@ def output_paths(output: Path, case_id: str | None, fmt: str | None) -> dict[str
 
 
 def segments_from_labels(labels: list[dict]) -> list:
-    """SegCore.io Segments for the checkpoint's labels [{"value", "name", "colour_rgb" (0..255)}], background
-    (value 0) left out; colours scaled to Slicer's 0..1."""
+    """SegCore.io Segments for the checkpoint's labels [{"value", "name", "colour_rgb" (0..255), "terminology"
+    (Slicer's TerminologyEntry string; absent in checkpoints written before it)}], background (value 0) left out;
+    colours scaled to Slicer's 0..1."""
     from SegCore.io import Segment
 
     return [Segment(str(label["name"]), int(label["value"]),
-                    tuple(min(max(float(c) / 255.0, 0.0), 1.0) for c in label["colour_rgb"]))
+                    tuple(min(max(float(c) / 255.0, 0.0), 1.0) for c in label["colour_rgb"]),
+                    terminology=label.get("terminology") or None)
             for label in labels if int(label["value"]) != 0]
 
 

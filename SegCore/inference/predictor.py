@@ -2,10 +2,12 @@
 
     predictor = Predictor(["fold0.pt", "fold1.pt"], device="auto", settings={"overlap": 0.5, "tta": True})
     prediction = predictor.predict(read_input([Path("scan.nii.gz")]))
+    prediction = predictor.predict_files(["scan.nii.gz"])   # the same, reading the file itself (less memory)
     prediction.label              # (Z, Y, X) uint8 Volume on the input grid exactly (size, spacing, origin, direction)
     prediction.probabilities      # (K, Z, Y, X) float16 Volume, only with probabilities=True
     prediction.uncertainty        # (Z, Y, X) float32 Volume, only with uncertainty=True
     prediction.info               # strategy, device, passes, seconds per stage, what the memory fallback did
+    prediction.extras             # name -> further label Volumes a strategy gives (RSTN: "round-at-0.90", ...)
 
 One case: the input is checked against the checkpoint (channels, dimensionality, a modality hint); the
 training preprocessing recorded in the checkpoint is replayed (`SegCore.transforms.Preprocessing`, the code path
@@ -15,6 +17,12 @@ an ensemble are streamed one at a time and averaged in probability space; the ar
 grid, then the label map is mapped back onto the input grid (nearest or one-hot linear per class, as the
 preprocessing says), post-processed there, and given the input grid exactly. Full-resolution probabilities of
 all classes exist only when asked for. An ensemble's models must share labels, channels and preprocessing.
+
+Memory (the CT of benchmarks/RESULTS.md "Inference": under 3x the float32 input, imports included): what
+`predict_files` reads is converted to float32 once and dropped, the preprocessing normalises that copy in place,
+the preprocessed image is dropped after the networks, and one pass of a sliding window (one model, no mirroring,
+no probabilities or uncertainty asked for) takes its argmax band by band along z instead of holding the
+probabilities of the whole volume (windows.py); several passes need the float32 (K', Z, Y, X) sum.
 """
 
 from __future__ import annotations
@@ -33,7 +41,7 @@ import torch
 
 from SegCore.errors import SegCoreError
 from SegCore.inference.inputs import check_input
-from SegCore.inference.network import network_function
+from SegCore.inference.network import class_indices, network_function
 from SegCore.inference.settings import inference_settings
 from SegCore.progress import ProgressEvent, no_progress
 from SegCore.volume import Volume
@@ -48,6 +56,7 @@ class Prediction:
     uncertainty: Volume | None = None
     warnings: list[str] = field(default_factory=list)
     info: dict = field(default_factory=dict)
+    extras: dict[str, Volume] = field(default_factory=dict)  # coarse_to_fine: the study's other masks, input grid
 
 
 class _Member:
@@ -98,6 +107,8 @@ class Predictor:
         self.device_info = resolve_device(device)
         self.device = torch.device(self.device_info.name)
         overrides = dict(settings or {})
+        if locator is not None and overrides.get("strategy") in (None, "auto"):
+            overrides["strategy"] = "locate_segment"  # a locator given is a locator used
         kind = self.device_info.kind
         self.members = [_Member(ck, inference_settings(ck.meta, overrides, device_type=kind))
                         for ck in (load_checkpoint(p) for p in paths)]
@@ -141,29 +152,62 @@ class Predictor:
     def predict(self, image: Volume, *, probabilities: bool = False, uncertainty: bool = False,
                 path: str | os.PathLike | None = None, reference: Volume | None = None) -> Prediction:
         """Segment one image (Z, Y, X) or (C, Z, Y, X); see the module docstring. path: named in messages.
-        reference: a label map on the image grid, only for the RSTN oracle (its box instead of the coarse one)."""
+        reference: a label map on the image grid, only for the RSTN oracle (its box instead of the coarse one).
+        The image is never changed."""
+        return self._predict([image], probabilities=probabilities, uncertainty=uncertainty, path=path,
+                             reference=reference, owned=False)
+
+    def predict_files(self, paths, *, resample: bool = False, probabilities: bool = False,
+                      uncertainty: bool = False) -> Prediction:
+        """Read one case and segment it: `read_input(paths)` (an image file, a DICOM folder, or one file per
+        channel in the checkpoint's order; resample: channel files on other grids are resampled onto the first
+        one's). Only the Predictor holds what it read, so that array is released as soon as its float32 copy
+        exists, before the preprocessing pads or resamples the copy (in place where it can)."""
+        from SegCore.inference.inputs import read_input
+
+        paths = [Path(p) for p in ([paths] if isinstance(paths, (str, os.PathLike)) else paths)]
+        return self._predict([read_input(paths, channels=self.channels, resample=resample)],
+                             probabilities=probabilities, uncertainty=uncertainty, path=paths[0], reference=None,
+                             owned=True)
+
+    def _predict(self, given: list[Volume], *, probabilities: bool, uncertainty: bool, path, reference,
+                 owned: bool) -> Prediction:
+        """`predict`; owned: `given` holds the only reference to the image, which may be changed and dropped."""
+        image = given.pop()
         warnings = check_input(image, self.meta, path=path)
-        seconds = {}
+        grid, seconds = image.grid, {}
         start = time.perf_counter()
-        pre = self.preprocessing.apply(image, reference)
+        if owned:  # rebinding frees what was read (int16 for a CT) before the steps allocate
+            image = Volume(image.array.astype(np.float32, copy=False), grid)
+        pre = self.preprocessing.apply(image, reference, overwrite=owned)
+        del image
         seconds["preprocess"] = time.perf_counter() - start
         start = time.perf_counter()
         record, grid_zyx = pre.record, list(pre.grid.shape_zyx)
         image_czyx, reference_zyx = torch.from_numpy(pre.image), pre.label
         del pre  # the preprocessed image lives on only as long as the networks need it
+        # one pass of a sliding window, labels only: the window reduces its probabilities to labels band by band
+        banded = (not (probabilities or uncertainty) and len(self.members) == 1
+                  and self.settings["strategy"] == "sliding_window" and self._mirrorings(self.settings) == [()])
         mean, square, passes, info = self._run_models(image_czyx, reference_zyx, want_variance=uncertainty and
-                                                      self.settings["uncertainty"] == "variance")
+                                                      self.settings["uncertainty"] == "variance", argmax=banded)
         del image_czyx
+        masks = info.pop("extras", {})  # label maps on the network grid (coarse_to_fine), mapped back below
         seconds["network"] = time.perf_counter() - start
         start = time.perf_counter()
-        label = self._label_values(mean)
+        if banded:
+            label = self._label_values(mean, self.members[0].window.classes)
+        else:
+            label = self._label_values(class_indices(mean), mean.shape[0])
         label_volume = self.preprocessing.invert_label(label, record)
+        extras = {name: Volume(np.ascontiguousarray(self.preprocessing.invert_label(mask, record).array), grid)
+                  for name, mask in masks.items()}
         probabilities_volume = uncertainty_volume = None
         if probabilities:
             probabilities_volume = self.preprocessing.invert_probabilities(mean.numpy(), record)
-            probabilities_volume = Volume(probabilities_volume.array.astype(np.float16), image.grid)
+            probabilities_volume = Volume(probabilities_volume.array.astype(np.float16), grid)
         if uncertainty:
-            uncertainty_volume = self._uncertainty(mean, square, passes, record, image)
+            uncertainty_volume = self._uncertainty(mean, square, passes, record, grid)
         seconds["to_input_grid"] = time.perf_counter() - start
         start = time.perf_counter()
         array = label_volume.array
@@ -177,22 +221,21 @@ class Predictor:
         seconds["postprocess"] = time.perf_counter() - start
         info.update(passes=passes, seconds={k: round(v, 4) for k, v in seconds.items()},
                     device=self.device_info.name, precision=self.settings["precision"],
-                    network_grid_zyx=grid_zyx)
-        return Prediction(Volume(np.ascontiguousarray(array), image.grid), probabilities_volume, uncertainty_volume,
-                          warnings, info)
+                    network_grid_zyx=grid_zyx, labels_in_bands=banded)
+        return Prediction(Volume(np.ascontiguousarray(array), grid), probabilities_volume, uncertainty_volume,
+                          warnings, info, extras)
 
-    def _label_values(self, mean: torch.Tensor) -> np.ndarray:
-        """argmax over classes -> label values (class i is the i-th label of the checkpoint), uint8/uint16."""
+    def _label_values(self, index: torch.Tensor, classes: int) -> np.ndarray:
+        """Class indices (Z, Y, X) of `classes` classes -> label values (class i is the i-th label of the
+        checkpoint), uint8/uint16."""
         values = [int(label["value"]) for label in self.labels]
-        dtype = np.uint8 if max(values + [mean.shape[0] - 1]) <= 255 else np.uint16
-        index = np.empty(mean.shape[1:], dtype)
-        for z in range(0, mean.shape[1], 8):  # torch's argmax gives int64: in slabs, not a volume of 8-byte ints
-            index[z:z + 8] = mean[:, z:z + 8].argmax(0).numpy()
-        if len(values) == mean.shape[0] and values != list(range(len(values))):
+        dtype = np.uint8 if max(values + [classes - 1]) <= 255 else np.uint16
+        index = index.numpy()
+        if len(values) == classes and values != list(range(len(values))):
             return np.asarray(values, dtype=dtype)[index]
-        return index
+        return index.astype(dtype, copy=False)
 
-    def _uncertainty(self, mean, square, passes, record, image) -> Volume:
+    def _uncertainty(self, mean, square, passes, record, grid) -> Volume:
         """Entropy (nats) of the mean probabilities, or the variance over the passes averaged over the classes;
         computed on the network grid and mapped (linearly) onto the input grid."""
         if self.settings["uncertainty"] == "variance":
@@ -201,12 +244,13 @@ class Predictor:
             p = mean.clamp_min(1e-8)
             values = -(p * p.log()).sum(0)
         mapped = self.preprocessing.invert_probabilities(values.numpy()[None], record)
-        return Volume(mapped.array[0].astype(np.float32), image.grid)
+        return Volume(mapped.array[0].astype(np.float32), grid)
 
     # --- the networks ------------------------------------------------------------------------------------------
-    def _run_models(self, image_czyx: torch.Tensor, reference, *, want_variance: bool):
+    def _run_models(self, image_czyx: torch.Tensor, reference, *, want_variance: bool, argmax: bool = False):
         """Mean probabilities (K', Z, Y, X) float32 CPU over models and mirrorings, the sum of squares (float64,
-        only for the variance), the number of passes, and info."""
+        only for the variance), the number of passes, and info. argmax (one sliding-window pass): the class
+        indices (Z, Y, X) instead of the probabilities."""
         if self.settings["strategy"] == "coarse_to_fine":
             return self._coarse_to_fine(image_czyx, reference)
         total = square = None
@@ -216,7 +260,8 @@ class Predictor:
             model = member.checkpoint.build_model(self.device)
             try:
                 for flips in self._mirrorings(member.settings):
-                    probs = self._strategy(member, model, image_czyx.flip(flips) if flips else image_czyx, info)
+                    probs = self._strategy(member, model, image_czyx.flip(flips) if flips else image_czyx, info,
+                                           argmax=argmax)
                     probs = probs.flip(flips) if flips else probs
                     total = probs if total is None else total.add_(probs)
                     if want_variance:
@@ -226,7 +271,7 @@ class Predictor:
                 del model
                 if self.device.type == "cuda":
                     torch.cuda.empty_cache()
-        return total.div_(passes), square, passes, info
+        return (total if argmax else total.div_(passes)), square, passes, info
 
     @staticmethod
     def _mirrorings(settings: dict) -> list[tuple[int, ...]]:
@@ -239,7 +284,8 @@ class Predictor:
     def _progress(self, done: int, total: int) -> None:
         self.progress(ProgressEvent("infer", done, total))
 
-    def _strategy(self, member: _Member, model, image_czyx: torch.Tensor, info: dict) -> torch.Tensor:
+    def _strategy(self, member: _Member, model, image_czyx: torch.Tensor, info: dict, *,
+                  argmax: bool = False) -> torch.Tensor:
         s = member.settings
         net_fn = network_function(model, self.device, self.settings["precision"])
         divisor = int(getattr(model, "divisor", 1))
@@ -261,7 +307,8 @@ class Predictor:
                 crop_zyx=loc["crop_zyx"], divisor=int(getattr(locator, "divisor", 1)), device=self.device)
             info["box"] = box
             return probs
-        probs = window(net_fn, image_czyx, device=self.device, divisor=divisor, progress=self._progress)
+        probs = window(net_fn, image_czyx, device=self.device, divisor=divisor, progress=self._progress,
+                       argmax=argmax)
         info["events"] += [e for e in window.events if e not in info["events"]]
         return probs
 
@@ -299,4 +346,6 @@ class Predictor:
                                 device=self.device)
         info = {"strategy": "coarse_to_fine", "models": len(models), "planes": sorted(models),
                 **{k: result[k] for k in ("rounds", "converged", "inter_dice", "dice_at") if k in result}}
+        values = np.asarray([int(label["value"]) for label in self.labels][:2], dtype=np.uint8)
+        info["extras"] = {name: values[mask.numpy().astype(np.uint8)] for name, mask in result["extras"].items()}
         return result["probabilities"], None, 1, info

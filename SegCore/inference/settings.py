@@ -57,6 +57,9 @@ def inference_settings(meta: dict, overrides: dict | None = None, *, device_type
     if settings["patch_zyx"] == "auto":
         patch = sampler.get("patch_zyx") or sampler.get("size_zyx")
         settings["patch_zyx"] = list(patch) if isinstance(patch, list) else None  # None: the whole volume
+    if settings["locator"]["crop_zyx"] == "auto":  # the crop the segmenter was trained on
+        crop = sampler.get("size_zyx") if sampler.get("kind") == "crop" else sampler.get("patch_zyx")
+        settings["locator"]["crop_zyx"] = list(crop) if isinstance(crop, list) else [96, 144, 224]
     if settings["views"] == "auto":
         settings["views"] = [sampler.get("axis", "axial")]
     elif isinstance(settings["views"], str):

@@ -2,6 +2,7 @@
 
     window = SlidingWindow([96, 96, 96], overlap=0.5, batch=2)
     probs_kzyx = window(net_fn, image_czyx, device="cuda", divisor=16)   # (K', Z, Y, X) float32, on the CPU
+    index_zyx = window(net_fn, image_czyx, device="cpu", argmax=True)      # (Z, Y, X) uint8 class indices
     window.events        # what the memory fallback did, e.g. ["out of GPU memory: stitching moved to the CPU"]
 
 Windows lie on a grid: along each axis `window_starts` (nnU-Net's rule). Each window's probabilities p_w are
@@ -9,7 +10,12 @@ weighted by the Gaussian g_w centred on it (`gaussian_importance`), so a voxel g
 The Gaussian is a product of per-axis factors and the windows form a grid, so the summed weight is a product too
 and each window's share g_w / sum g is the outer product of three 1D share vectors: there is no weight volume and
 no final division, and a voxel seen by one window only gets that window's probabilities exactly (in float16 too).
-Memory: one (K', Z, Y, X) accumulator (float16 on CUDA, float32 elsewhere) plus one batch of windows.
+Memory: one (K', Z, Y, X) accumulator (float16 on CUDA, float32 elsewhere) plus one batch of windows. With
+`argmax=True` (one pass, only the labels wanted) the accumulator is a band of one window's depth along z: the
+windows run z-row by z-row, so once a row of windows starts at z, every slice before z has all its windows; those
+slices are reduced to class indices (`class_indices`, ties to the lowest class) and the band slides on. Each voxel
+sums the same windows in the same order as in the whole accumulator, so the indices are exactly the argmax of the
+probabilities that `argmax=False` returns; the float32 band of a CT is a fifth of the whole accumulator.
 """
 
 from __future__ import annotations
@@ -25,7 +31,7 @@ import torch
 from torch import Tensor
 
 from SegCore.errors import SegCoreError
-from SegCore.inference.network import probabilities
+from SegCore.inference.network import class_indices, probabilities
 
 STITCH = ("auto", "device", "cpu")
 CPU = torch.device("cpu")
@@ -82,13 +88,18 @@ def _axis_shares(size: int, patch: int, starts: list[int], sigma_scale: float) -
 
 
 class _Case:
-    """The state of one volume in progress: the windows, how many are stitched, where the accumulator lives."""
+    """The state of one volume in progress: the windows, how many are stitched, where the accumulator lives.
+
+    The accumulator (K', depth, Y, X) holds z-slices [z0, z0 + depth) of the (padded) volume: all of them
+    (depth = Z, z0 = 0), or with `labels` (the (Z, Y, X) class indices being filled, on the CPU) a band of
+    depth = patch_z that `advance` slides along z."""
 
     def __init__(self, corners: list[tuple[int, int, int]], starts: list[list[int]], shares: list[np.ndarray],
-                 place: torch.device):
+                 place: torch.device, depth: int, labels: Tensor | None = None):
         self.corners, self.starts, self.done = corners, starts, 0
         self.shares_np = shares
         self.acc: Tensor | None = None
+        self.depth, self.z0, self.labels = depth, 0, labels
         self.move(place)
 
     def move(self, place: torch.device) -> None:
@@ -110,6 +121,25 @@ class _Case:
 
     def box(self, corner: tuple[int, int, int], patch_zyx: tuple[int, ...]) -> tuple[slice, ...]:
         return tuple(slice(s[i], s[i] + p) for s, i, p in zip(self.starts, corner, patch_zyx, strict=True))
+
+    def acc_box(self, corner: tuple[int, int, int], patch_zyx: tuple[int, ...]) -> tuple[slice, ...]:
+        """The window's place in the accumulator: its box, z counted from z0."""
+        z, y, x = self.box(corner, patch_zyx)
+        return slice(None), slice(z.start - self.z0, z.stop - self.z0), y, x
+
+    def advance(self, z: int) -> None:
+        """With `labels`: every window starting before slice z is stitched, so slices [z0, z) are final. Reduce
+        them to class indices and slide the band to start at z (slice by slice forward, never reading a slice
+        already overwritten: no temporary). z - z0 <= depth: neighbouring z-starts are at most a patch apart."""
+        if self.labels is None or self.acc is None or z <= self.z0:
+            return
+        done = z - self.z0
+        self.labels[self.z0:z].copy_(class_indices(self.acc[:, :done]).cpu())
+        keep = self.depth - done
+        for i in range(keep):
+            self.acc[:, i].copy_(self.acc[:, i + done])
+        self.acc[:, keep:].zero_()
+        self.z0 = z
 
 
 class SlidingWindow:
@@ -139,11 +169,14 @@ class SlidingWindow:
         self.patch_zyx = tuple(patch_zyx)
         self.overlap, self.sigma_scale, self.batch, self.stitch = float(overlap), float(sigma_scale), batch, stitch
         self.events: list[str] = []
+        self.classes: int | None = None  # K' of the last volume (what argmax=True's indices count)
 
     @torch.no_grad()
     def __call__(self, net_fn: Callable[[Tensor], Tensor], image_czyx: Tensor, *, device: str | torch.device,
-                 divisor: int = 1, progress: Callable[[int, int], None] | None = None) -> Tensor:
-        """Probabilities (K', Z, Y, X) float32 on the CPU for one float32 (C, Z, Y, X) volume.
+                 divisor: int = 1, progress: Callable[[int, int], None] | None = None, argmax: bool = False) -> Tensor:
+        """Probabilities (K', Z, Y, X) float32 on the CPU for one float32 (C, Z, Y, X) volume; argmax=True: their
+        class indices instead, (Z, Y, X) uint8 (int32 past 256 classes) on the CPU, stitched in a band (see the
+        module docstring).
 
         net_fn: (B, C, *patch) float32 on `device` -> (B, K, *patch) logits. divisor: the network's side multiple.
         progress(done_windows, total_windows) after each batch.
@@ -166,7 +199,9 @@ class SlidingWindow:
         starts = [window_starts(q, p, self.overlap) for q, p in zip(padded_zyx, patch, strict=True)]
         shares = [_axis_shares(q, p, s, self.sigma_scale) for q, p, s in zip(padded_zyx, patch, starts, strict=True)]
         corners = list(itertools.product(*(range(len(s)) for s in starts)))
-        case = _Case(corners, starts, shares, CPU if self.stitch == "cpu" else device)
+        labels = torch.empty(padded_zyx, dtype=torch.uint8) if argmax else None  # int32 past 256 classes: _run
+        case = _Case(corners, starts, shares, CPU if self.stitch == "cpu" else device,
+                     depth=patch[0] if argmax else padded_zyx[0], labels=labels)
         while case.done < len(corners):
             try:
                 self._run(net_fn, image, case, patch, device, progress)
@@ -175,6 +210,10 @@ class SlidingWindow:
             if case.done < len(corners) and device.type == "cuda":
                 torch.cuda.empty_cache()  # hand back what the failed attempt cached before retrying
         crop = (slice(None),) + tuple(slice(b, b + s) for b, s in zip(before, shape_zyx, strict=True))
+        self.classes = int(case.acc.shape[0])
+        if argmax:
+            case.advance(padded_zyx[0])  # the last band
+            return case.labels if padded_zyx == shape_zyx else case.labels[crop[1:]].contiguous()
         if case.acc.device == CPU and case.acc.dtype == torch.float32:
             return case.acc if padded_zyx == shape_zyx else case.acc[crop].contiguous()
         out = torch.empty((case.acc.shape[0], *shape_zyx), dtype=torch.float32)
@@ -199,9 +238,13 @@ class SlidingWindow:
                                    "needs logits (B, K, *patch)", fix="use a 3D segmentation network")
             probs = probabilities(logits).to(case.place)
             if case.acc is None:
-                case.acc = torch.zeros((probs.shape[1], *image.shape[1:]), dtype=case.dtype(), device=case.place)
+                case.acc = torch.zeros((probs.shape[1], case.depth, *image.shape[2:]), dtype=case.dtype(),
+                                       device=case.place)
+                if case.labels is not None and probs.shape[1] > 256:
+                    case.labels = torch.empty(case.labels.shape, dtype=torch.int32)
             for j, corner in enumerate(todo):
-                case.acc[(slice(None), *case.box(corner, patch))].addcmul_(probs[j], case.share(corner))
+                case.advance(case.starts[0][corner[0]])
+                case.acc[case.acc_box(corner, patch)].addcmul_(probs[j], case.share(corner))
                 case.done += 1  # per window, so a retry after a failure here never adds a window twice
             if progress is not None:
                 progress(case.done, total)

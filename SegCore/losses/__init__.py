@@ -9,7 +9,14 @@ Every loss is an nn.Module taking (prediction, target): prediction (N, C, *spati
 from SegCore.losses.boundary import BoundaryLoss, HybridLoss
 from SegCore.losses.class_weights import class_weights_from_frequencies
 from SegCore.losses.cross_entropy import CrossEntropyLoss, DiceCELoss, FocalLoss
-from SegCore.losses.dice import GeneralizedDiceLoss, LogDiceLoss, SoftDiceLoss, generalized_dice_weights
+from SegCore.losses.dice import (
+    GeneralizedDiceLoss,
+    LogCoshDiceLoss,
+    NegLogDiceLoss,
+    SoftDiceLoss,
+    decathlon_dice_arguments,
+    generalized_dice_weights,
+)
 from SegCore.losses.distance_maps import DistanceMapCache, signed_distance_map_mm
 from SegCore.losses.registry import LOSSES, build_loss, register_loss
 from SegCore.losses.schedule import HybridSchedule
@@ -24,10 +31,12 @@ __all__ = [
     "GeneralizedDiceLoss",
     "HybridLoss",
     "HybridSchedule",
-    "LogDiceLoss",
+    "LogCoshDiceLoss",
+    "NegLogDiceLoss",
     "SoftDiceLoss",
     "build_loss",
     "class_weights_from_frequencies",
+    "decathlon_dice_arguments",
     "generalized_dice_weights",
     "register_loss",
     "signed_distance_map_mm",

@@ -11,7 +11,7 @@ from torch import Tensor, nn
 
 from SegCore.errors import SegCoreError
 from SegCore.losses._inputs import check_inputs_kind, prepare, selected_classes
-from SegCore.losses.distance_maps import DistanceMapCache, signed_distance_map_mm
+from SegCore.losses.distance_maps import DistanceMapCache, inside_shift_mm, signed_distance_map_mm
 from SegCore.losses.registry import LOSSES, build_loss, register_loss
 from SegCore.losses.schedule import HybridSchedule
 
@@ -26,13 +26,14 @@ def _as_cache(cache: DistanceMapCache | str | os.PathLike | None) -> DistanceMap
 class BoundaryLoss(nn.Module):
     """Boundary loss: mean over voxels (and the classes used) of p_k(q) * phi_k(q).
 
-    phi_k is the signed distance map of the reference class k in mm (negative inside, positive outside; see
-    signed_distance_map_mm), so the loss falls as probability moves inside the reference and grows with how far
-    outside it lies. Its minimum is negative (all probability inside the reference); values are in mm.
+    phi_k is the signed distance map of the reference class k in mm (positive outside, zero on the reference's
+    outermost voxels, negative deeper inside: Kervadec's one_hot2dist in mm; see signed_distance_map_mm), so the
+    loss falls as probability moves inside the reference and grows with how far outside it lies. Its minimum is
+    negative (all probability inside the reference); values are in mm.
 
     Args:
         spacing_xyz_mm: voxel size (x, y, z) in mm, or (x, y) for 2D inputs; None = 1 mm per axis (voxel units).
-            Used only when distance maps are computed here from the target.
+            Used when distance maps are computed here from the target, and for a foreground-only map's background.
         include_background: use class 0's map too (default False: foreground classes, as Kervadec et al.).
         inputs: "logits" or "probabilities".
         cache: a DistanceMapCache, or a folder for one, reused when maps are computed from the target here.
@@ -40,8 +41,10 @@ class BoundaryLoss(nn.Module):
     forward(prediction, target, distance_maps=None, case_ids=None):
         prediction (N, C, *spatial) float (C >= 2 softmax, C == 1 sigmoid), target as the other losses.
         distance_maps: precomputed (N, K, *spatial) maps in mm (K = C, or 2 for a binary prediction; a binary
-            prediction also takes (N, 1, *spatial), the foreground map), e.g. from a DataLoader that used a
-            DistanceMapCache on whole cases. None: computed from the target (argmax of soft targets) on the CPU.
+            prediction also takes (N, 1, *spatial), the foreground map: with include_background the background
+            map is then h - foreground, h = min(spacing_xyz_mm), so spacing_xyz_mm must be given), e.g. from a
+            DataLoader that used a DistanceMapCache on whole cases. None: computed from the target (argmax of soft
+            targets) on the CPU.
         case_ids: optional N strings naming the cases, used in the cache's file names.
     Returns a float32 scalar (mm).
     """
@@ -80,13 +83,24 @@ class BoundaryLoss(nn.Module):
         n, k = probs_shape[:2]
         maps = torch.as_tensor(distance_maps).float()
         if binary and tuple(maps.shape) == (n, 1, *spatial):
-            # For two classes the background map is the foreground map negated (same boundary, sides swapped).
-            maps = torch.cat([-maps, maps], dim=1)
+            maps = torch.cat([self._background_of(maps), maps], dim=1)
         if tuple(maps.shape) != (n, k, *spatial):
             raise SegCoreError(f"distance_maps shape {tuple(maps.shape)} does not fit the prediction "
                                f"(expected {(n, k, *spatial)})",
                                fix="give one map per class (background included) with the prediction's size")
         return maps
+
+    def _background_of(self, foreground: Tensor) -> Tensor:
+        """(N, 1, *spatial) background maps from foreground maps: h - phi (same boundary, sides swapped, and the
+        inside shift h moved to the other side); zeros where a sample has no boundary."""
+        if not self.include_background:
+            return torch.zeros_like(foreground)  # not used: only the foreground map enters the loss
+        if self.spacing_xyz_mm is None:
+            raise SegCoreError("a foreground-only distance map gives the background map only with the spacing",
+                               fix="pass spacing_xyz_mm (the maps' spacing), or give both maps (N, 2, ...)")
+        has_boundary = foreground.flatten(1).ne(0).any(1).view(-1, *([1] * (foreground.dim() - 1)))
+        background = inside_shift_mm(self.spacing_xyz_mm) - foreground
+        return torch.where(has_boundary, background, torch.zeros_like(foreground))
 
     def forward(self, prediction: Tensor, target: Tensor, distance_maps: Tensor | None = None,
                 case_ids: Sequence[str] | None = None) -> Tensor:
@@ -109,8 +123,8 @@ class HybridLoss(nn.Module):
     """alpha * region + (1 - alpha) * boundary, alpha from a HybridSchedule (ramp, or on at a Dice threshold).
 
     Args:
-        region: name of the region loss ("dice", the atrium study's; or "focal", "log_dice", "generalized_dice",
-            "dice_ce", "cross_entropy").
+        region: name of the region loss ("dice", the atrium study's; or "focal", "log_dice", "neg_log_dice",
+            "generalized_dice", "dice_ce", "cross_entropy").
         region_kwargs: arguments of the region loss (its `inputs` is set from `inputs`).
         schedule: a HybridSchedule, or its arguments as a dict; None = HybridSchedule() (Kervadec's ramp).
         spacing_xyz_mm, include_background, cache: passed to BoundaryLoss.

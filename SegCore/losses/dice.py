@@ -1,4 +1,11 @@
-"""Overlap losses: soft Dice, log-Dice, generalised Dice (Sudre et al. 2017)."""
+"""Overlap losses: soft Dice, log-cosh Dice, -log Dice, generalised Dice (Sudre et al. 2017).
+
+    from SegCore.losses import build_loss, decathlon_dice_arguments
+
+    dice = build_loss("dice")                                   # 1 - soft Dice, foreground classes
+    author = build_loss("log_dice", **decathlon_dice_arguments(out_channels=4))  # the decathlon study's loss
+    value = author(logits, labels)      # logits (N, 4, Z, Y, X) float, labels (N, Z, Y, X) int -> float32 scalar
+"""
 
 from __future__ import annotations
 
@@ -11,6 +18,25 @@ from SegCore.errors import SegCoreError
 from SegCore.losses._inputs import check_inputs_kind, check_weights, class_vector, prepare, selected_classes
 from SegCore.losses.registry import register_loss
 
+# Keras' K.epsilon(), the decathlon author's smoothing term (numerator and denominator).
+KERAS_EPSILON = 1e-7
+
+
+def decathlon_dice_arguments(out_channels: int) -> dict:
+    """Arguments of `dice` / `log_dice` that give the decathlon study's Dice (its author's segmentation_losses.py).
+
+    out_channels: the network's output channels. The author's 2-class tasks have ONE sigmoid channel
+    (out_channels=1) and score the foreground only, with a plain denominator: (2 sum(p g) + e) / (sum(p) + sum(g)
+    + e). The other tasks (out_channels = classes, softmax) average the Dice of every class, background
+    included, with squares in the denominator: (2 sum(p g) + e) / (sum(p^2) + sum(g^2) + e). Both sum over the
+    whole batch and use e = 1e-7 (Keras' epsilon) in numerator and denominator.
+    """
+    if int(out_channels) != out_channels or out_channels < 1:
+        raise SegCoreError(f"out_channels must be an integer >= 1, got {out_channels!r}")
+    binary = out_channels == 1
+    return {"include_background": not binary, "squared_denominator": not binary, "smooth": KERAS_EPSILON,
+            "eps": 0.0, "batch_dice": True}
+
 
 def _check_smoothing(smooth: float, eps: float) -> None:
     if not (smooth >= 0.0 and eps >= 0.0):
@@ -20,12 +46,15 @@ def _check_smoothing(smooth: float, eps: float) -> None:
                            fix="keep eps > 0 (default 1e-6) or smooth > 0")
 
 
-def overlap_sums(probs: Tensor, target: Tensor, batch_dice: bool) -> tuple[Tensor, Tensor, Tensor]:
-    """Intersection sum(p*g), sum(p) and sum(g) per class: (K,) when batch_dice, else (N, K).
+def overlap_sums(probs: Tensor, target: Tensor, batch_dice: bool,
+                 squared: bool = False) -> tuple[Tensor, Tensor, Tensor]:
+    """Intersection sum(p*g), and sum(p) and sum(g) (sum(p^2) and sum(g^2) when `squared`) per class.
 
-    probs, target: (N, K, V) float32.
+    probs, target: (N, K, V) float32. Returns three (K,) tensors when batch_dice, else (N, K).
     """
     dims = (0, 2) if batch_dice else (2,)
+    if squared:
+        return (probs * target).sum(dims), probs.square().sum(dims), target.square().sum(dims)
     return (probs * target).sum(dims), probs.sum(dims), target.sum(dims)
 
 
@@ -45,6 +74,8 @@ class SoftDiceLoss(nn.Module):
         eps: added to the denominator only, so an empty class never divides by zero.
         batch_dice: True sums over the whole batch before the ratio (as the atrium study, and nnU-Net's
             batch Dice); False computes one Dice per sample and class and averages them.
+        squared_denominator: sum(p_k^2) + sum(g_k^2) in the denominator (Milletari's V-Net form, the decathlon
+            author's multi-class Dice) instead of sum(p_k) + sum(g_k). See decathlon_dice_arguments.
         inputs: "logits" (softmax / sigmoid applied here) or "probabilities".
 
     Shapes: prediction (N, C, *spatial) float, C >= 2 softmax or C == 1 sigmoid, spatial (Y, X) or (Z, Y, X);
@@ -53,18 +84,20 @@ class SoftDiceLoss(nn.Module):
     """
 
     def __init__(self, include_background: bool = False, class_weights: Sequence[float] | None = None,
-                 smooth: float = 0.0, eps: float = 1e-6, batch_dice: bool = True, inputs: str = "logits"):
+                 smooth: float = 0.0, eps: float = 1e-6, batch_dice: bool = True, inputs: str = "logits",
+                 squared_denominator: bool = False):
         super().__init__()
         _check_smoothing(smooth, eps)
         self.include_background = include_background
         self.class_weights = check_weights(class_weights, "class_weights")
         self.smooth, self.eps, self.batch_dice = float(smooth), float(eps), bool(batch_dice)
+        self.squared_denominator = bool(squared_denominator)
         self.inputs = check_inputs_kind(inputs)
 
     def dice_scores(self, prediction: Tensor, target: Tensor) -> Tensor:
         """Soft Dice per class used: (K',) with batch_dice, else (N, K')."""
         prep = prepare(prediction, target, self.inputs)
-        inter, sum_p, sum_g = overlap_sums(prep.probs, prep.target, self.batch_dice)
+        inter, sum_p, sum_g = overlap_sums(prep.probs, prep.target, self.batch_dice, self.squared_denominator)
         dice = (2.0 * inter + self.smooth) / (sum_p + sum_g + self.smooth + self.eps)
         return dice[..., selected_classes(prep.num_classes, self.include_background)]
 
@@ -90,8 +123,22 @@ class SoftDiceLoss(nn.Module):
 
 
 @register_loss("log_dice")
-class LogDiceLoss(SoftDiceLoss):
-    """-log of the (class-weighted mean) soft Dice: the decathlon study's default loss ('log_dice').
+class LogCoshDiceLoss(SoftDiceLoss):
+    """Log-cosh Dice loss, log(cosh(1 - D)): the decathlon study's 'log_dice' (its author's log_cosh_dice_loss).
+
+    D is the class-weighted mean soft Dice of SoftDiceLoss, with the same arguments and defaults; pass
+    `**decathlon_dice_arguments(out_channels)` for the author's exact Dice. log(cosh(x)) is ~x^2 / 2 near 0 and
+    ~|x| - log 2 far from it: a smoothed Dice loss, in [0, log(cosh(1))] = [0, 0.434]. Shapes as SoftDiceLoss;
+    returns a float32 scalar.
+    """
+
+    def forward(self, prediction: Tensor, target: Tensor) -> Tensor:
+        return torch.log(torch.cosh(1.0 - self.mean_dice(prediction, target)))
+
+
+@register_loss("neg_log_dice")
+class NegLogDiceLoss(SoftDiceLoss):
+    """-log of the (class-weighted mean) soft Dice.
 
     loss = -log(max(D, eps)), D as in SoftDiceLoss. Same arguments, but smooth defaults to 1: with smooth > 0 the
     Dice of disjoint masks is > 0, so the loss stays finite (bounded by log(sum(p) + sum(g) + 1)) and keeps its
@@ -99,8 +146,9 @@ class LogDiceLoss(SoftDiceLoss):
     """
 
     def __init__(self, include_background: bool = False, class_weights: Sequence[float] | None = None,
-                 smooth: float = 1.0, eps: float = 1e-6, batch_dice: bool = True, inputs: str = "logits"):
-        super().__init__(include_background, class_weights, smooth, eps, batch_dice, inputs)
+                 smooth: float = 1.0, eps: float = 1e-6, batch_dice: bool = True, inputs: str = "logits",
+                 squared_denominator: bool = False):
+        super().__init__(include_background, class_weights, smooth, eps, batch_dice, inputs, squared_denominator)
 
     def forward(self, prediction: Tensor, target: Tensor) -> Tensor:
         return -torch.log(self.mean_dice(prediction, target).clamp_min(max(self.eps, 1e-30)))

@@ -1,12 +1,21 @@
 """Signed distance maps of a label image in millimetres, and a cache so each case's maps are computed once.
 
-Definition (one map per class k, mask M = label == k, distances between voxel centres, in mm):
-    phi_k(q) = +d(q, M)          for q outside M  (distance to the nearest voxel of M)
-    phi_k(q) = -d(q, outside M)  for q inside M   (distance to the nearest voxel not in M)
-so phi is negative inside, positive outside, and the voxels either side of the boundary hold -h and +h (h the
-spacing across it): linear interpolation puts the zero level exactly on the boundary, between them.
+    maps = signed_distance_map_mm(label_zyx, spacing_xyz_mm=(0.625, 0.625, 0.625), num_classes=2)  # (2, Z, Y, X)
+    maps = DistanceMapCache("dmaps/").get(label_zyx, (0.625, 0.625, 0.625), 2, case_id="la_001")  # same, kept
+
+Definition (one map per class k, mask M = label == k, Euclidean distances between voxel centres, in mm; h is the
+smallest voxel size, min(spacing_xyz_mm)):
+    phi_k(q) = +d(q, M)                  for q outside M  (distance to the nearest voxel of M)
+    phi_k(q) = -(d(q, outside M) - h)    for q inside M   (distance to the nearest voxel not in M, less h)
+This is Kervadec et al.'s one_hot2dist, dist(outside) * outside - (dist(inside) - 1) * inside, with its "- 1"
+(one voxel) read as one voxel of the finest axis: at 1 mm isotropic the two are identical, and at any isotropic
+spacing s the map is s times the reference's map in voxels. Along a row, [0,0,0,1,1,1,0,0,0] at 1 mm gives
+[3,2,1,0,-1,0,1,2,3]: zero on the object's outermost voxels, negative deeper inside, positive outside. (The
+reference run with `resolution=` subtracts a literal 1 in the resolution's unit; below 1 mm that would make the
+object's outermost voxels positive, so SegStudies subtracts h instead; docs/losses.md.)
 A class absent from the label (or filling all of it) has no boundary: its map is all zeros, so the boundary loss
-neither rewards nor penalises that class (the region term of a hybrid loss handles it).
+neither rewards nor penalises that class (the region term of a hybrid loss handles it). For two classes, present
+both, the background map is h - the foreground map.
 """
 
 from __future__ import annotations
@@ -25,7 +34,7 @@ from SegCore.atomic import atomic_file
 from SegCore.errors import SegCoreError
 
 # Bumped when the definition above changes, so maps cached on disk by an older version are not reused.
-MAP_VERSION = "sdm-mm-v1"
+MAP_VERSION = "sdm-mm-v2"  # v2: inside shifted by h (Kervadec's "- 1"); v1 had no shift
 
 
 def _sampling_zyx(label_zyx: np.ndarray, spacing_xyz_mm: Sequence[float]) -> tuple[float, ...]:
@@ -36,6 +45,11 @@ def _sampling_zyx(label_zyx: np.ndarray, spacing_xyz_mm: Sequence[float]) -> tup
     if not all(np.isfinite(s) and s > 0 for s in spacing):
         raise SegCoreError(f"spacing must be positive and finite, got {spacing} mm")
     return spacing[::-1]  # arrays are (Z, Y, X) / (Y, X); spacing is given x first
+
+
+def inside_shift_mm(spacing_xyz_mm: Sequence[float]) -> float:
+    """h, the shift of the inside distances (see the module docstring): the smallest voxel size in mm."""
+    return float(min(float(s) for s in spacing_xyz_mm))
 
 
 def signed_distance_map_mm(label_zyx: np.ndarray, spacing_xyz_mm: Sequence[float],
@@ -49,8 +63,9 @@ def signed_distance_map_mm(label_zyx: np.ndarray, spacing_xyz_mm: Sequence[float
         num_classes: number of classes C (2 for a binary label).
 
     Returns:
-        (C, Z, Y, X) or (C, Y, X) float32: negative inside class k, positive outside, zero for an absent class
-        (see the module docstring).
+        (C, Z, Y, X) or (C, Y, X) float32: positive outside class k, zero on its outermost voxels (those next to
+        the outside across the finest axis), negative deeper inside; all zero for an absent class (see the module
+        docstring).
     """
     label = np.asarray(label_zyx)
     if label.ndim not in (2, 3):
@@ -63,6 +78,7 @@ def signed_distance_map_mm(label_zyx: np.ndarray, spacing_xyz_mm: Sequence[float
     sampling = _sampling_zyx(label, spacing_xyz_mm)
     if label.size and (label.min() < 0 or label.max() >= num_classes):
         raise SegCoreError(f"label values {label.min()}..{label.max()} outside 0..{num_classes - 1}")
+    shift_mm = inside_shift_mm(spacing_xyz_mm)
     maps = np.zeros((num_classes, *label.shape), dtype=np.float32)
     for k in range(num_classes):
         inside = label == k
@@ -71,7 +87,8 @@ def signed_distance_map_mm(label_zyx: np.ndarray, spacing_xyz_mm: Sequence[float
         # distance_transform_edt measures, for each non-zero voxel, the distance to the nearest zero voxel.
         outside_mm = ndimage.distance_transform_edt(~inside, sampling=sampling)
         inside_mm = ndimage.distance_transform_edt(inside, sampling=sampling)
-        maps[k] = (outside_mm - inside_mm).astype(np.float32)
+        # inside_mm >= shift_mm on every inside voxel, so the inside stays <= 0 and the outside > 0.
+        maps[k] = np.where(inside, shift_mm - inside_mm, outside_mm).astype(np.float32)
     return maps
 
 

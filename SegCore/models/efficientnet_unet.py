@@ -1,15 +1,21 @@
 """EfficientNet-B0..B7 encoder with a U-Net decoder: the muscle study's main 2D network.
 
+    net = EfficientNetUNet(in_channels=1, out_channels=2, variant="b0")
+    logits = net(torch.randn(2, 1, 512, 512))   # (B, C, Y, X) float32, sides multiples of 32 -> (2, 2, 512, 512)
+
 Encoder (Tan & Le 2019): a stride-2 3x3 stem, then the seven MBConv stages of the B0 table, scaled per variant
 by a width coefficient (channels, rounded to multiples of 8) and a depth coefficient (repeats, rounded up).
 MBConv: 1x1 expansion (ratio 6; none for ratio 1) -> depthwise kxk -> squeeze-excitation (ratio 0.25 of the
 block's input channels) -> 1x1 projection, BatchNorm after each convolution, SiLU (swish), and an identity
 shortcut with stochastic depth (drop-connect, rate growing linearly to `drop_connect_rate` at the last block)
 where the block keeps its size and channels. BatchNorm eps 1e-3, momentum 0.01 (the TensorFlow reference).
+Padding is symmetric, k // 2 on every side (torchvision's EfficientNet), not TensorFlow's asymmetric "same"
+(docs/models.md says why): for even sizes the shapes agree, and a stride-2 output j is centred on input 2j.
 
 Decoder (as segmentation_models_pytorch's `Unet`): five blocks with (256, 128, 64, 32, 16) channels, each
 x2 nearest upsampling, concatenation of the encoder feature at that stride (16, 8, 4, 2; none at stride 1),
-two 3x3 conv + BatchNorm + ReLU; then a 3x3 convolution to the classes.
+two 3x3 conv + BatchNorm + ReLU; then a 3x3 convolution to the classes. The encoder features are smp's: the
+stem's output at stride 2, then the last stage at each coarser stride.
 
 No pretrained weights: nothing is downloaded at run time, every weight starts from PyTorch's default
 initialisation (the study fine-tuned ImageNet weights; SegCore trains from scratch or from its own checkpoints).
@@ -103,8 +109,9 @@ class EfficientNetEncoder(nn.Module):
         width_coefficient, depth_coefficient: override the variant's (e.g. 0.25 for a tiny test network).
         drop_connect_rate: stochastic-depth rate of the last block (default 0.2, linear from 0 at the first).
 
-    forward: (B, in_channels, Y, X) -> features at strides 2, 4, 8, 16, 32: the output of the last stage at
-    each resolution, with `out_channels[i]` channels (B0: 16, 24, 40, 112, 320).
+    forward: (B, in_channels, Y, X) -> features at strides 2, 4, 8, 16, 32, with `feature_channels[i]` channels
+    (B0: 32, 24, 40, 112, 320): the stem's output at stride 2 (as segmentation_models_pytorch's encoder), then
+    the output of the last stage at each coarser resolution. `out_channels` is the last stage's width.
     """
 
     def __init__(self, in_channels: int = 3, variant: str = "b0", *, width_coefficient: float | None = None,
@@ -139,13 +146,14 @@ class EfficientNetEncoder(nn.Module):
                 previous, index = out, index + 1
             self.stages.append(nn.Sequential(*blocks))
         self.out_channels = previous
-        # The last stage of each resolution gives the skip feature: stages 0, 1, 2, 4, 6 (strides 2..32).
-        self.feature_stages = (0, 1, 2, 4, 6)
-        self.feature_channels = tuple(round_filters(B0_STAGES[i][3], width) for i in self.feature_stages)
+        # Skip features: the stem at stride 2 (smp's choice, so the decoder sees the stem's wider features there
+        # rather than stage 0's), then the last stage of each coarser resolution: stages 1, 2, 4, 6.
+        self.feature_stages = (1, 2, 4, 6)
+        self.feature_channels = (stem, *(round_filters(B0_STAGES[i][3], width) for i in self.feature_stages))
 
     def forward(self, x: Tensor) -> list[Tensor]:
-        features = []
         x = self.stem(x)
+        features = [x]
         for i, stage in enumerate(self.stages):
             x = stage(x)
             if i in self.feature_stages:
@@ -185,8 +193,9 @@ class EfficientNetUNet(nn.Module):
 
     # Manifold mixup layers (SegCore.training.mixup): outputs every later tensor is computed from. "encoder"
     # returns all five skip features, which are mixed together (as the muscle study mixes its encoder features);
-    # decoder.3 takes the last skip, so after it the state is one tensor again.
-    MIXUP_LAYERS = ("encoder.stem", "encoder.stages.0", "encoder", "decoder.3", "decoder.4")
+    # decoder.3 takes the last skip, so after it the state is one tensor again. encoder.stages.0 is not one:
+    # the stem's output, the stride-2 skip, would reach the decoder unmixed.
+    MIXUP_LAYERS = ("encoder.stem", "encoder", "decoder.3", "decoder.4")
 
     def __init__(self, in_channels: int = 1, out_channels: int = 2, *, variant: str = "b0",
                  decoder_channels: tuple[int, ...] = (256, 128, 64, 32, 16), width_coefficient: float | None = None,

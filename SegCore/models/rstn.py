@@ -22,9 +22,20 @@ Training modes, as the study's README and code define them (each needs the label
 
 The box is never differentiable, so I and J send the fine loss's gradient to the coarse FCN the same way (through
 the saliency); they differ in where the fine stage looks. The study trains S, then I, then J, with loss
-1/3 Dice(coarse) + 2/3 Dice(fine). In train() the margin of each side is, with probability random_margin_prob,
-drawn uniformly from [random_margin_min, random_margin_max] (the study: 0.5, [0, 2 x margin]), otherwise
-`margin`; in eval() it is always `margin`. Testing: mode "coarse" (coarse FCN only), mode "oracle" (fine stage on
+1/3 Dice(coarse) + 2/3 Dice(fine) (SegCore/training/rstn.py). `training_mode` is the mode `forward` uses when it is
+given none: a stage's plan sets it (model.arguments.training_mode), so plan.json records it.
+
+Boxes are per sample: each sample's fine stage sees its own box, and its logits outside that box are OUTSIDE_LOGIT.
+The study's code instead crops the whole batch to one box (around every sample's mask) and, for a batch of more
+than one, zeroes each sample's input outside its own box; its fine logits inside the batch box but outside a
+sample's own box are then whatever the network makes of zeros. At the study's batch size of 1 both are the same
+box and the same numbers. Per-sample boxes are kept because they make a sample's result independent of what else
+is in its batch (training at batch > 1, inference over several stacks at once), and because the study's batch
+path fails when one sample of a batch has an empty mask (the minimum of an empty index list).
+
+In train() the margin of each side is, with probability random_margin_prob, drawn uniformly from
+[random_margin_min, random_margin_max] (the study: 0.5, [0, 2 x margin]), otherwise `margin`; in eval() it is
+always `margin`. Testing: mode "coarse" (coarse FCN only), mode "oracle" (fine stage on
 the label's box, the coarse saliency, as in I), `refine` (one fine step from a previous probability map) and
 `iterate` (coarse-to-fine rounds until the inter-iteration Dice reaches a threshold, the study: 0.99, at most 10).
 Module names match the study's code (coarse_model, saliency1, saliency2, fine_model).
@@ -41,7 +52,8 @@ from SegCore.models.blocks import check_positive, check_probability
 from SegCore.models.fcn8s import FCN8s
 from SegCore.models.registry import register_model
 
-MODES = ("S", "I", "J", "coarse", "oracle")
+TRAINING_MODES = ("S", "I", "J")
+MODES = (*TRAINING_MODES, "coarse", "oracle")
 OUTSIDE_LOGIT = -1.0e4  # fine logit outside the box: sigmoid is exactly 0 in float32 and it fits float16
 Box = tuple[int, int, int, int]  # (y0, y1, x0, x1), half-open pixel ranges
 
@@ -72,7 +84,7 @@ def inter_iteration_dice(previous: Tensor, current: Tensor) -> float:
 @register_model("rstn", study="pancreas", spatial_dims=2,
                 defaults={"slices": 3, "width_multiplier": 1.0, "upsampling": "bilinear", "dropout": 0.5,
                           "threshold": 0.5, "margin": 20, "random_margin_prob": 0.5, "random_margin_min": 0,
-                          "random_margin_max": 40},
+                          "random_margin_max": 40, "training_mode": "J"},
                 small={"width_multiplier": 1 / 16}, example_input=(3, 512, 512),
                 summary="RSTN: coarse FCN-8s, saliency transformation, fine FCN-8s on the crop; pancreas study")
 class RSTN(nn.Module):
@@ -85,6 +97,7 @@ class RSTN(nn.Module):
         margin: pixels added on each side of a mask's bounding box (study: 20).
         random_margin_prob, random_margin_min, random_margin_max: in train(), with this probability each side's
             margin is drawn uniformly from [min, max] pixels instead (study: 0.5, 0, 40).
+        training_mode: "S", "I" or "J", the mode `forward` runs when called without one (the training stage's).
 
     Tensors: image (N, slices, Y, X) float32, any Y, X; label (N, slices, Y, X), 1 = organ (float or bool).
     Every method returns a dict of (N, slices, Y, X) float32 maps: "coarse_logits", "coarse" (sigmoid),
@@ -94,9 +107,13 @@ class RSTN(nn.Module):
 
     def __init__(self, slices: int = 3, width_multiplier: float = 1.0, upsampling: str = "bilinear",
                  dropout: float = 0.5, threshold: float = 0.5, margin: int = 20, random_margin_prob: float = 0.5,
-                 random_margin_min: int = 0, random_margin_max: int = 40):
+                 random_margin_min: int = 0, random_margin_max: int = 40, training_mode: str = "J"):
         super().__init__()
         check_positive("slices", slices)
+        if training_mode not in TRAINING_MODES:
+            raise SegCoreError(f"unknown RSTN training_mode {training_mode!r}",
+                               fix=f"use one of {', '.join(TRAINING_MODES)} (the study trains S, then I, then J)")
+        self.training_mode = training_mode
         check_probability("threshold", threshold)
         if not 0.0 <= float(random_margin_prob) <= 1.0:
             raise SegCoreError(f"random_margin_prob must be in [0, 1], got {random_margin_prob!r}",
@@ -124,8 +141,10 @@ class RSTN(nn.Module):
         """Saliency transformation: (N, slices, Y, X) probabilities -> (N, slices, Y, X) spatial weights."""
         return self.saliency2(F.relu(self.saliency1(prob)))
 
-    def forward(self, image: Tensor, label: Tensor | None = None, mode: str = "J") -> dict:
-        """One training step's forward (modes S, I, J) or a test form ("coarse", "oracle"); see the module doc."""
+    def forward(self, image: Tensor, label: Tensor | None = None, mode: str | None = None) -> dict:
+        """One training step's forward (modes S, I, J; None: `training_mode`) or a test form ("coarse",
+        "oracle"); see the module doc."""
+        mode = self.training_mode if mode is None else mode
         self._check(image, "image")
         if mode not in MODES:
             raise SegCoreError(f"unknown RSTN mode {mode!r}", fix=f"use one of {', '.join(MODES)}")

@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+from scipy import ndimage
 
 from SegCore.phantoms.render import Difficulty, PhantomCase, lookup, paint, render_tissues, with_contrast
 from SegCore.phantoms.shapes import (
@@ -125,9 +126,38 @@ def _render(index: int, seed: int, shape_zyx, fov_mm, *, tumour: bool):
     return grid, render_tissues(grid, frame, SmoothWarp.random(anatomy_rng, 3.0), head), noise_rng
 
 
+# How each automatic label source of the phantom departs from the true thalami (a fraction of the boundary
+# voxels): STAPLE flips some on both sides of the boundary, FSL misses some of the outer layer, QuickNAT adds
+# some outside (so that the references disagree a little, as the study's do). FreeSurfer and the manual labels
+# are the true masks.
+SOURCE_ERRORS = {"staple": (0.1, 0.1), "fsl": (0.25, 0.0), "quicknat": (0.0, 0.3)}  # (removed inside, added outside)
+
+
+def _label_sources(left: np.ndarray, right: np.ndarray, grid, seed: int, index: int) -> dict[str, Volume]:
+    """The perturbed thalami of each automatic source in SOURCE_ERRORS, in that source's stored values.
+
+    left, right: (Z, Y, X) bool. Each side separately: a random `removed` share of its inner boundary voxels is
+    dropped and an `added` share of the voxels just outside is added (6-connected), from a generator of its own
+    (the case's image and anatomy draws stay as they were)."""
+    maps = {}
+    for k, (name, (removed, added)) in enumerate(SOURCE_ERRORS.items()):
+        rng = np.random.default_rng([seed, index, 4711, k])
+        source = THALAMUS_LAYOUT.label_source(name)
+        stored = np.zeros(left.shape, dtype=np.int16)
+        for mask, value in ((right, source.right), (left, source.left)):
+            inner = mask & ~ndimage.binary_erosion(mask)
+            outer = ndimage.binary_dilation(mask) & ~mask & (stored == 0)
+            kept = mask & ~(inner & (rng.random(mask.shape) < removed))
+            stored[kept | (outer & (rng.random(mask.shape) < added))] = value
+        maps[name] = Volume(stored, grid)
+    return maps
+
+
 def thalamus_case(index: int, seed: int, shape_zyx, level: Difficulty) -> PhantomCase:
     """HCP-style subject: the study's channels (evalue1, FA, RD, MD, T1) on one grid; label 1 = both thalami;
-    the FreeSurfer aparc+aseg (10 = left, 49 = right thalamus) comes as extras['aseg']."""
+    the FreeSurfer aparc+aseg (10 = left, 49 = right thalamus) comes as extras['aseg'], the true thalami in the
+    manual labels' values as extras['manual'], and the slightly wrong ones of the other label sources as
+    extras['staple'], extras['fsl'] and extras['quicknat'] (QuickNAT's 7 / 25)."""
     grid, tissues, rng = _render(index, seed, shape_zyx, (180.0, 216.0, 160.0), tumour=False)
     diffusion = _table(DIFFUSION, 2)
     diffusion = with_contrast(diffusion, [THALAMUS_L, THALAMUS_R], diffusion[WM_L], level)
@@ -147,7 +177,11 @@ def thalamus_case(index: int, seed: int, shape_zyx, level: Difficulty) -> Phanto
     image = np.stack([maps[name] for name in THALAMUS.channel_names]).astype(np.float32)
     aseg = Volume(lookup(tissues, ASEG, np.int16), grid)
     label = Volume(lookup(tissues, {THALAMUS_L: 1, THALAMUS_R: 1}), grid)
-    return PhantomCase(Volume(image, grid), label, {"aseg": aseg})
+    manual = THALAMUS_LAYOUT.label_source("manual")
+    extras = {"aseg": aseg, "manual": Volume(lookup(tissues, {THALAMUS_L: manual.left, THALAMUS_R: manual.right},
+                                                    np.int16), grid),
+              **_label_sources(tissues == THALAMUS_L, tissues == THALAMUS_R, grid, seed, index)}
+    return PhantomCase(Volume(image, grid), label, extras)
 
 
 def brain_tumour_case(index: int, seed: int, shape_zyx, level: Difficulty) -> PhantomCase:

@@ -34,8 +34,10 @@ DIFFICULTIES = {
 # tasks `--study decathlon --task` offers).
 DEFAULT_SHAPES = {"thalamus": (40, 48, 40), "atrium": (32, 48, 48), "muscle": (16, 48, 48),
                   "pancreas": (32, 48, 48)}
-DECATHLON_SHAPES = {"BrainTumour": (32, 48, 40), "Heart": (32, 48, 48), "Prostate": (20, 48, 48),
-                    "Spleen": (32, 48, 48)}
+DECATHLON_SHAPES = {"BrainTumour": (32, 48, 40), "Heart": (32, 48, 48), "Liver": (32, 48, 48),
+                    "Hippocampus": (24, 40, 32), "Prostate": (20, 48, 48), "Lung": (32, 48, 48),
+                    "Pancreas": (32, 48, 48), "HepaticVessel": (32, 48, 48), "Spleen": (32, 48, 48),
+                    "Colon": (32, 48, 48)}
 DECATHLON_TASKS = tuple(DECATHLON_SHAPES)
 DEFAULT_TASK = "BrainTumour"
 MIN_SIDE = 8

@@ -20,6 +20,14 @@ from SegCore.phantoms.brain import brain_tumour_case, thalamus_case
 from SegCore.phantoms.cardiac import atrium_case, heart_case
 from SegCore.phantoms.catalog import DEFAULT_TASK, check_study, difficulty_from_name, resolve_shape
 from SegCore.phantoms.memory import check_memory
+from SegCore.phantoms.msd import (
+    colon_case,
+    hepatic_vessel_case,
+    hippocampus_case,
+    liver_case,
+    lung_case,
+    pancreas_tumour_case,
+)
 from SegCore.phantoms.pelvis import prostate_case
 from SegCore.phantoms.render import Difficulty, PhantomCase
 from SegCore.progress import ProgressCallback, ProgressEvent, no_progress
@@ -29,8 +37,11 @@ from SegCore.studies.schema import MsdTask
 CaseMaker = Callable[[int, int, tuple[int, int, int], Difficulty], PhantomCase]
 TEST_FRACTION = 0.2  # the share of cases a layout files as its test subset (LA 'Testing Set', MSD imagesTs, ...)
 # The phantom of each MSD task in catalog.DECATHLON_TASKS.
-DECATHLON_MAKERS: dict[str, CaseMaker] = {"BrainTumour": brain_tumour_case, "Heart": heart_case,
-                                          "Prostate": prostate_case, "Spleen": spleen_case}
+DECATHLON_MAKERS: dict[str, CaseMaker] = {"BrainTumour": brain_tumour_case, "Heart": heart_case, "Liver": liver_case,
+                                          "Hippocampus": hippocampus_case, "Prostate": prostate_case,
+                                          "Lung": lung_case, "Pancreas": pancreas_tumour_case,
+                                          "HepaticVessel": hepatic_vessel_case, "Spleen": spleen_case,
+                                          "Colon": colon_case}
 
 
 def _ids(seed: int, count: int, alphabet: str, length: int) -> list[str]:
@@ -54,13 +65,13 @@ def _num_test(cases: int) -> int:
     return int(TEST_FRACTION * cases + 0.5)
 
 
-def _write_pancreas(root: Path, shape, seed, level, cases, progress) -> None:
+def _write_pancreas(root: Path, shape, seed, level, cases, progress, zoom: float = 1.0) -> None:
     from SegCore.io import write_dicom_series, write_image
 
     layout = pancreas.LAYOUT
     for i in range(cases):
         case_id = layout.case_folder(i + 1)
-        case = pancreas_case(i, seed, shape, level)
+        case = pancreas_case(i, seed, shape, level, zoom=zoom)
         study_uid, series_uid = _uid(seed, i, 0), _uid(seed, i, 1)
         write_dicom_series(case.image, root / layout.images_folder / case_id / study_uid / series_uid,
                            modality=pancreas.STUDY.modality, patient_id=case_id,
@@ -70,17 +81,20 @@ def _write_pancreas(root: Path, shape, seed, level, cases, progress) -> None:
         progress(ProgressEvent("phantoms", i + 1, cases, case_id))
 
 
-def _write_muscle(root: Path, shape, seed, level, cases, progress) -> None:
+def _write_muscle(root: Path, shape, seed, level, cases, progress, unlabelled: int = 0) -> None:
+    """`cases` labelled scans, then `unlabelled` scans without a label (what self-distillation labels)."""
     from SegCore.io import write_dicom_series, write_image
 
     alphabet = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789"
-    for i, scan_id in enumerate(_ids(seed, cases, alphabet, 10)):
+    total = cases + unlabelled
+    for i, scan_id in enumerate(_ids(seed, total, alphabet, 10)):
         case = muscle_case(i, seed, shape, level)
         write_dicom_series(case.image, root / scan_id, modality=muscle.STUDY.modality, patient_id=scan_id,
                            series_description="abdominal CT at L3 (phantom)", study_uid=_uid(seed, i, 0),
                            series_uid=_uid(seed, i, 1))
-        write_image(case.label, root / f"{scan_id}{muscle.LAYOUT.label_suffix}")
-        progress(ProgressEvent("phantoms", i + 1, cases, scan_id))
+        if i < cases:
+            write_image(case.label, root / f"{scan_id}{muscle.LAYOUT.label_suffix}")
+        progress(ProgressEvent("phantoms", i + 1, total, scan_id))
 
 
 def _write_atrium(root: Path, shape, seed, level, cases, progress) -> None:
@@ -101,14 +115,20 @@ def _write_thalamus(root: Path, shape, seed, level, cases, progress) -> None:
 
     layout = thalamus.LAYOUT
     subjects = _ids(seed, cases, "0123456789", 6)
+    split = cases - _num_test(cases)
+    # The last half of the training subjects have manual labels too: the study's fine-tuning subset.
+    fine_tuning = subjects[split - max(1, split // 2):split]
+    extras = {source.name: "aseg" if source.name == "freesurfer" else source.name for source in layout.label_sources}
     for i, subject in enumerate(subjects):
         case = thalamus_case(i, seed, shape, level)
         for index, channel in enumerate(thalamus.STUDY.channels):
             write_image(case.image.channel(index), root / subject / channel.file)
-        write_image(case.extras["aseg"], root / subject / layout.label_source("freesurfer").file)
+        for source in layout.label_sources:
+            if source.every_subject or subject in fine_tuning:
+                write_image(case.extras[extras[source.name]], root / subject / source.file)
         progress(ProgressEvent("phantoms", i + 1, cases, subject))
-    split = cases - _num_test(cases)
-    for name, ids in ((layout.training_list, subjects[:split]), (layout.testing_list, subjects[split:])):
+    for name, ids in ((layout.training_list, subjects[:split]), (layout.testing_list, subjects[split:]),
+                      (layout.fine_tuning_list, fine_tuning)):
         (root / name).write_text("".join(f"{s}\n" for s in ids), encoding="utf-8")
 
 
@@ -146,20 +166,31 @@ def _write_decathlon(root: Path, shape, seed, level, cases, progress, task: MsdT
 
 def write_phantom_dataset(study: str, out_dir: str | os.PathLike, *, cases: int = 3,
                           size_zyx: int | tuple[int, ...] | None = None, seed: int = 0, difficulty: str = "easy",
-                          task: str = DEFAULT_TASK, overwrite: bool = False,
-                          progress: ProgressCallback = no_progress) -> Path:
+                          task: str = DEFAULT_TASK, overwrite: bool = False, unlabelled: int = 0,
+                          zoom: float = 1.0, progress: ProgressCallback = no_progress) -> Path:
     """Write a synthetic dataset for `study` in that study's real layout and formats; returns `out_dir`.
 
-    study: 'thalamus' (HCP folders, one NIfTI per channel + FreeSurfer aparc+aseg), 'atrium' (LA 2018
-    lgemri.nrrd / laendo.nrrd 0/255), 'muscle' (DICOM series + NIfTI label per scan), 'pancreas' (NIH
-    Pancreas-CT DICOM + TCIA labels), 'decathlon' (MSD task folder, `task` one of catalog.DECATHLON_TASKS).
+    study: 'thalamus' (HCP folders, one NIfTI per channel, FreeSurfer, STAPLE, FSL and QuickNAT labels, manual
+    ones for the fine-tuning subjects), 'atrium' (LA 2018 lgemri.nrrd / laendo.nrrd 0/255), 'muscle' (DICOM
+    series + NIfTI label per scan), 'pancreas' (NIH Pancreas-CT DICOM + TCIA labels), 'decathlon' (MSD task
+    folder, `task` one of catalog.DECATHLON_TASKS).
     size_zyx: None (small default), N (largest side) or (Z, Y, X). Same seed -> same dataset. difficulty:
     'easy' | 'medium' | 'hard' (less contrast between target and surroundings, more noise and blur).
     Refuses to replace a non-empty `out_dir` unless `overwrite`. Reports one progress event per case.
+    unlabelled: muscle only, that many more scans without a label beside the others (the muscle preset reads them
+    with require_labels=False and self-distillation labels them).
+    zoom: pancreas only, the field of view divided by it (the pancreas a larger share of a small volume, for short
+    tests; abdomen.pancreas_case).
     """
     check_study(study, task)
     if cases < 1:
         raise SegCoreError(f"cases must be at least 1, got {cases}", fix="e.g. --cases 4")
+    if unlabelled and (study != "muscle" or unlabelled < 0):
+        raise SegCoreError(f"unlabelled scans ({unlabelled}) are a muscle phantom's option only",
+                           fix="leave unlabelled at 0, or use --study muscle")
+    if zoom != 1.0 and (study != "pancreas" or not 1.0 <= zoom <= 4.0):
+        raise SegCoreError(f"zoom {zoom} is a pancreas phantom's option only, between 1 and 4",
+                           fix="leave zoom at 1, or use --study pancreas with a zoom in [1, 4]")
     level = difficulty_from_name(difficulty)
     shape = resolve_shape(study, size_zyx, task)
     check_memory(study, shape, task)
@@ -174,6 +205,10 @@ def write_phantom_dataset(study: str, out_dir: str | os.PathLike, *, cases: int 
     with atomic_dir(out_dir) as tmp:
         if study == "decathlon":
             _write_decathlon(tmp, shape, seed, level, cases, progress, decathlon.STUDY.task(task))
+        elif study == "muscle":
+            _write_muscle(tmp, shape, seed, level, cases, progress, unlabelled)
+        elif study == "pancreas":
+            _write_pancreas(tmp, shape, seed, level, cases, progress, zoom)
         else:
             writers[study](tmp, shape, seed, level, cases, progress)
     return out_dir

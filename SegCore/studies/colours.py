@@ -9,7 +9,7 @@ thalamus), the study file picks another entry of the table and says so in the la
 
 from __future__ import annotations
 
-from SegCore.studies.schema import Label
+from SegCore.studies.schema import Label, Terminology
 
 GENERIC_ANATOMY_COLORS: dict[str, tuple[int, int, int]] = {
     "background": (0, 0, 0),
@@ -31,14 +31,16 @@ GENERIC_ANATOMY_COLORS: dict[str, tuple[int, int, int]] = {
 }
 
 
-def anatomy_label(value: int, name: str, entry: str | None = None, *, why: str = "") -> Label:
+def anatomy_label(value: int, name: str, entry: str | None = None, *, why: str = "",
+                  terminology: Terminology | None = None) -> Label:
     """Label `value` called `name`, coloured with GenericAnatomyColors `entry` (default: `name` itself).
 
-    why: the reason when the entry is not the structure's own (recorded in `colour_source`).
+    why: the reason when the entry is not the structure's own (recorded in `colour_source`). terminology: the
+    label's DICOM codes (SegCore.studies.terminology).
     """
     entry = name if entry is None else entry
     source = f"Slicer GenericAnatomyColors '{entry}'" + (f" ({why})" if why else "")
-    return Label(value, name, GENERIC_ANATOMY_COLORS[entry], source)
+    return Label(value, name, GENERIC_ANATOMY_COLORS[entry], source, terminology)
 
 
 BACKGROUND = anatomy_label(0, "background")

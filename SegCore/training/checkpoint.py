@@ -59,17 +59,24 @@ def git_revision() -> str | None:
 def checkpoint_meta(plan: dict, *, labels: list[dict] | None = None, fingerprint_hash: str | None = None) -> dict:
     """The JSON-able description a checkpoint carries, from a resolved plan (SegCore.training.config).
 
-    labels: [{"value", "name", "colour_rgb"}]; by default the plan's data.label_set with the study's colours
-    (Slicer's GenericAnatomyColors by name), else a fixed palette. fingerprint_hash: the data fingerprint's hash.
+    labels: [{"value", "name", "colour_rgb", "terminology"}]; by default the plan's data.label_set with the study
+    label's colour (else Slicer's GenericAnatomyColors by name, else a fixed palette) and its Slicer
+    TerminologyEntry (None when the plan names no study or the study has no such label). fingerprint_hash: the
+    data fingerprint's hash.
     """
     from SegCore.models import MODELS
     from SegCore.studies.colours import GENERIC_ANATOMY_COLORS
+    from SegCore.studies.terminology import study_label
 
     if labels is None:
         labels = []
         for i, label in enumerate(plan["data"]["label_set"] or []):
-            colour = GENERIC_ANATOMY_COLORS.get(label["name"].lower(), _FALLBACK_COLOURS[i % len(_FALLBACK_COLOURS)])
-            labels.append({"value": int(label["value"]), "name": label["name"], "colour_rgb": list(colour)})
+            known = study_label(plan.get("study"), int(label["value"]), label["name"])
+            colour = known.colour_rgb if known is not None else GENERIC_ANATOMY_COLORS.get(
+                label["name"].lower(), _FALLBACK_COLOURS[i % len(_FALLBACK_COLOURS)])
+            terminology = None if known is None else known.terminology
+            labels.append({"value": int(label["value"]), "name": label["name"], "colour_rgb": list(colour),
+                           "terminology": terminology.to_slicer_entry() if terminology else None})
     versions = plan.get("versions", {})
     return {"format": FORMAT, "format_version": FORMAT_VERSION, "study": plan.get("study"),
             "labels": [dict(label, colour_rgb=list(label["colour_rgb"])) for label in labels],

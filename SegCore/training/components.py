@@ -74,23 +74,25 @@ def build_training_loader(plan: dict, train_cached: list, dist, *, pin_memory: b
 
 def pseudo_labels(plan: dict, dataset, out: Path, dist, device, log, progress) -> list:
     """Self-distillation (distillation.teacher): the teacher labels the unlabelled scans; rank 0 writes
-    RUN/pseudo, every rank gets the marked cases (with their loss weight in metadata). [] when off."""
+    RUN/pseudo, every rank gets the marked cases (with their loss weight in metadata). [] when off.
+
+    The scans: those of `distillation.unlabelled` (a folder in the dataset's layout, read without requiring
+    labels; any labels there are ignored), or, when it is null, the dataset's own scans without a label."""
     from SegCore.training import distributed as ddp
 
     spec = plan["distillation"]
     if not spec.get("teacher"):
         return []
-    from SegCore.datasets import open_dataset
     from SegCore.training.distill import pseudo_label_cases
 
     cases = None
     if dist.is_main:
-        source = open_dataset(spec["unlabelled"]) if spec.get("unlabelled") else dataset
-        scans = source.cases if spec.get("unlabelled") else [c for c in source.cases if not c.has_label]
+        scans = unlabelled_scans(plan, dataset)
         if not scans:
             raise SegCoreError("distillation.teacher is set, but there are no unlabelled scans to label",
                                path=spec.get("unlabelled") or plan["data"]["root"],
-                               fix="set distillation.unlabelled to a folder of scans, or distillation.teacher to null")
+                               fix="set distillation.unlabelled to a folder of scans (or add scans without labels "
+                                   "to the dataset), or distillation.teacher to null")
         cases = pseudo_label_cases(spec["teacher"], scans, Path(out) / "pseudo", weight=spec["weight"],
                                    joins=spec["subset"], device=device, progress=progress)
         # The scans keep their ids; a prefix keeps them apart from labelled cases of the same name.
@@ -100,6 +102,22 @@ def pseudo_labels(plan: dict, dataset, out: Path, dist, device, log, progress) -
     import dataclasses
 
     return [dataclasses.replace(case, case_id=f"pseudo-{case.case_id}") for case in cases]
+
+
+def unlabelled_scans(plan: dict, dataset) -> list:
+    """The scans self-distillation labels (see `pseudo_labels`)."""
+    import inspect
+
+    from SegCore.datasets import open_dataset
+    from SegCore.datasets.registry import LAYOUTS
+
+    folder = plan["distillation"].get("unlabelled")
+    if not folder:
+        return [case for case in dataset.cases if not case.has_label]
+    options = dict(plan["data"]["options"])
+    if "require_labels" in inspect.signature(LAYOUTS[dataset.layout].read).parameters:
+        options["require_labels"] = False  # a folder of scans alone (the muscle study's clean_CT_scans)
+    return open_dataset(folder, dataset.layout, **options).cases
 
 
 def class_weighted_loss(plan: dict, spec, train_cached: list, log):

@@ -4,14 +4,14 @@
     plan = resolve_plan(config="RUN/plan.json")        # a run is reproducible from its plan alone
 
 `resolve_plan` merges, each over the previous: `default_plan()` (every key, every default) < the study preset
-(none yet: `STUDY_PRESETS`, filled by the studies issue) < the configuration file (`load_config`: .json or .toml,
-the same keys as plan.json) < `make_tiny` when asked < `--set KEY=VALUE` overrides (`apply_overrides`) <
+(`STUDY_PRESETS`: each study file's `preset`, its published settings) < the configuration file (`load_config`:
+.json or .toml, the same keys as plan.json) < `make_tiny` when asked < `--set KEY=VALUE` overrides (`apply_overrides`) <
 explicit CLI flags (`CLI_FLAGS`: --epochs, --batch, --fold, ...). It then derives what was left "auto" from the
-network and the data (sampler kind, patch size, padding multiple, input and output channels: derive.py), records the
-versions of SegStudies, torch, numpy and Python, and validates names, types and sizes: every problem is a
-SegCoreError naming the key. A key absent from `default_plan()` is refused, listing the valid keys at its
-level, except inside the open dicts `OPEN_KEYS` (network and loss arguments, augmentation), which their
-builders check.
+network and the data (sampler kind, patch size, padding multiple, input and output channels: derive.py; resample
+spacing, and patch and batch for a memory budget: autoplan.py), records the versions of SegStudies, torch, numpy
+and Python, and validates names, types and sizes: every problem is a SegCoreError naming the key. A key absent
+from `default_plan()` is refused, listing the valid keys at its level, except inside the open dicts `OPEN_KEYS`
+(network and loss arguments, augmentation), which their builders check.
 """
 
 from __future__ import annotations
@@ -23,6 +23,8 @@ import platform
 from pathlib import Path
 
 from SegCore.errors import SegCoreError
+from SegCore.studies import STUDIES
+from SegCore.training import autoplan
 from SegCore.training.derive import (  # noqa: F401  (DataFacts, data_facts, preprocessed_shape: part of this API)
     DataFacts,
     check_values,
@@ -35,13 +37,14 @@ from SegCore.training.derive import (  # noqa: F401  (DataFacts, data_facts, pre
 
 PLAN_KEYS = ("data", "split", "preprocessing", "model", "loss", "sampler", "augmentation", "optim", "schedule",
              "training", "mixup", "distillation", "inference", "device", "study", "versions")
-OPEN_KEYS = ("model.arguments", "loss.arguments", "augmentation")
+OPEN_KEYS = ("data.options", "model.arguments", "loss.arguments", "augmentation")
 # CLI flag -> plan key; a flag given on the command line (not None) wins over everything else.
 CLI_FLAGS = {"data": "data.root", "study": "study", "fold": "split.fold", "epochs": "training.epochs",
              "steps_per_epoch": "training.steps_per_epoch", "batch": "training.batch_size", "seed": "training.seed",
              "deterministic": "training.deterministic", "device": "device", "workers": "training.workers",
-             "init": "training.init", "freeze": "training.freeze"}
-STUDY_PRESETS: dict[str, dict] = {}  # study name -> partial plan; the studies issue fills it
+             "init": "training.init", "freeze": "training.freeze", "memory_budget": "training.memory_budget_mb"}
+# study name -> partial plan: the study file's `preset` (SegCore/studies/<name>.py), read there and nowhere else
+STUDY_PRESETS: dict[str, dict] = {name: study.preset for name, study in STUDIES.items()}
 TINY_PATCH = {3: 16, 2: 32}  # side of a --tiny patch (at least the network's divisor)
 DOCS = "docs/training.md (Configuration)"
 
@@ -49,14 +52,15 @@ DOCS = "docs/training.md (Configuration)"
 def default_plan() -> dict:
     """Every key of a plan with its default; "auto" values are derived by `resolve_plan` from network and data."""
     return {
-        "data": {"root": None, "layout": "auto", "channels": None, "label_set": None},
+        "data": {"root": None, "layout": "auto", "options": {}, "channels": None, "label_set": None},
         "split": {"kind": "kfold", "folds": 5, "fold": 0, "seed": 0, "train_list": None, "validation_list": None},
         "preprocessing": [{"name": "zscore", "mode": "volume"},
                           {"name": "pad", "multiple_zyx": "auto", "mode": "constant", "value": 0}],
         "model": {"name": "unet3d", "arguments": {}},
         "loss": {"name": "dice_ce", "arguments": {}},
         "sampler": {"kind": "auto", "patch_zyx": "auto", "foreground_fraction": 0.33, "axis": "axial", "k": 3,
-                    "size_yx": "auto", "size_zyx": "auto"},
+                    "size_yx": "auto", "size_zyx": "auto",
+                    "labels": "auto"},  # size_yx null: the whole plane; labels: stack25d's, samplers.py
         "augmentation": {"flip_axes": [0, 1, 2], "flip_p": 0.5, "rotate_deg": [15, 0, 0], "rotate_p": 0.2,
                          "scale": [0.9, 1.1], "scale_p": 0.2, "noise_std": 0.05, "noise_p": 0.15,
                          "gamma": [0.7, 1.5], "gamma_p": 0.3, "label_mode": "nearest"},
@@ -70,7 +74,9 @@ def default_plan() -> dict:
                      "even_batch": False, "checkpoint_every_steps": 50, "validate_every": 1,
                      "validation": {"max_cases": None, "overlap": 0.5},
                      "best_metric": "dice_mean", "early_stopping": {"patience": None, "min_delta": 0.0},
-                     "init": None, "freeze": [], "class_weights": None},
+                     "init": None, "freeze": [], "class_weights": None,
+                     "memory_budget_mb": None,  # MiB per device: the automatic plan (autoplan.py); null = off
+                     "autoplan": None},  # filled by the automatic plan: where its numbers came from
         "mixup": {"mode": "off", "alpha": 0.4, "layers": None},
         "distillation": {"teacher": None, "unlabelled": None, "weight": 1.0, "subset": "training"},
         "inference": {  # SegCore/inference/settings.py resolves "auto" and checks these; docs/inference.md
@@ -83,7 +89,7 @@ def default_plan() -> dict:
             "precision": "auto", "uncertainty": "entropy",
             "postprocess": {"largest_component": [], "min_component_voxels": 0, "fill_holes": []},
             "locator": {"checkpoint": None, "scale_zyx": [0.5, 0.25, 0.25], "margin_voxels": 30,
-                        "crop_zyx": [96, 144, 224]},
+                        "crop_zyx": "auto"},  # "auto": the segmenter's training crop (sampler size_zyx / patch_zyx)
             "coarse_to_fine": {"max_rounds": 10, "convergence_dice": 0.99, "thresholds": [0.90, 0.95, 0.98, 0.99],
                                "largest_component": True},
         },
@@ -208,7 +214,7 @@ def set_key(plan: dict, dotted: str, value) -> None:
 
 def make_tiny(plan: dict) -> dict:
     """A copy of `plan` small enough to train in a minute on a CPU: the network's `small` widths, small patches
-    or slices, 2 epochs of 2 steps, batch 2, no workers, a checkpoint every step."""
+    or slices (and crops; pad steps lose their minimum size), 2 epochs of 2 steps, batch 2 without accumulation, no workers, a checkpoint every step."""
     from SegCore.models import MODELS
 
     plan = copy.deepcopy(plan)
@@ -220,20 +226,27 @@ def make_tiny(plan: dict) -> dict:
     dims = MODELS[name].spatial_dims
     side = max(divisor, TINY_PATCH[dims])
     plan["sampler"].update({"patch_zyx": [side] * 3, "size_yx": [side] * 2, "size_zyx": [side] * 3})
-    plan["training"].update({"epochs": 2, "steps_per_epoch": 2, "batch_size": 2, "workers": 0,
+    # a study's fixed image size (the atrium's 96x640x640 pad) shrinks with the patch
+    for step in plan["preprocessing"]:
+        if step.get("name") == "pad" and "min_zyx" in step:
+            step["min_zyx"] = [1, 1, 1]
+    plan["training"].update({"epochs": 2, "steps_per_epoch": 2, "batch_size": 2, "accumulate": 1, "workers": 0,
                              "checkpoint_every_steps": 1})
     plan["training"]["validation"]["max_cases"] = 2
     return plan
 
 
 def resolve_plan(config: str | os.PathLike | dict | None = None, *, overrides=(), flags: dict | None = None,
-                 tiny: bool = False, facts: DataFacts | None = None, inspect_data: bool = True) -> dict:
+                 tiny: bool = False, facts: DataFacts | None = None, inspect_data: bool = True,
+                 fingerprint=None) -> dict:
     """The complete, validated plan: defaults < study preset < `config` (a file or a dict) < `make_tiny` (when
     `tiny`) < `overrides` ("key=value") < `flags` (CLI flag name -> value, see CLI_FLAGS; None = not given).
 
     facts: the data's channels, labels and grid; read from `data.root` when None and `inspect_data` (a missing
     or unreadable data folder is then a SegCoreError). Without facts, channel counts keep the network's defaults
     and sizes that depend on the image are not checked.
+    fingerprint: the cases' geometry for the automatic plan (a `Fingerprint`, its dict, or autoplan.dataset_geometry);
+    read from `data.root` when None and something is left to plan (training/autoplan.py).
     """
     flags = {k: v for k, v in (flags or {}).items() if v is not None}
     unknown_flags = [k for k in flags if k not in CLI_FLAGS]
@@ -261,8 +274,10 @@ def resolve_plan(config: str | os.PathLike | dict | None = None, *, overrides=()
         set_key(plan, CLI_FLAGS[flag], value)
     check_types(plan)
     if facts is None and inspect_data and plan["data"]["root"] is not None:
-        facts = data_facts(plan["data"]["root"], plan["data"]["layout"])
+        facts = data_facts(plan["data"]["root"], plan["data"]["layout"], plan["data"]["options"])
+    pending = autoplan.begin(plan, facts, fingerprint)  # "auto" spacing, patch and batch: training/autoplan.py
     padded, divisor = derive(plan, facts)
+    padded = autoplan.finish(plan, pending, facts, padded)
     check_values(plan, padded, divisor)
     plan["versions"] = versions()
     return plan
@@ -279,6 +294,7 @@ def versions() -> dict:
             "python": platform.python_version()}
 
 
+AUTO_VALUES = ("training.batch_size",)  # may also be "auto" (the automatic plan)
 NULLABLE = ("training.clip_grad_norm", "training.early_stopping.patience", "training.validation.max_cases")
 
 
@@ -297,7 +313,8 @@ def check_types(plan: dict, defaults: dict | None = None, where: str = "") -> No
     for key, default in defaults.items():
         path = f"{where}.{key}" if where else key
         value = plan.get(key)
-        if default is None or default == "auto" or _is_open(path) or (value is None and path in NULLABLE):
+        if default is None or default == "auto" or _is_open(path) or (value is None and path in NULLABLE) or (
+                value == "auto" and path in AUTO_VALUES):
             continue
         if isinstance(default, dict) and isinstance(value, dict):
             check_types(value, default, path)

@@ -29,6 +29,7 @@ import torch
 
 from SegCore.errors import SegCoreError
 from SegCore.losses.class_weights import class_weights_from_frequencies
+from SegCore.training.batch_pool import BatchPool, PoolKeeper, keep_freed_memory, shared_empty
 from SegCore.training.cache import CachedCase, CaseCache
 from SegCore.training.samplers import Sampler
 
@@ -42,6 +43,7 @@ def default_workers() -> int:
 
 
 def _seed_worker(worker_id: int, *, seed: int, rank: int) -> None:
+    keep_freed_memory()  # a worker makes the same sizes of arrays batch after batch
     # Ctrl-C and SIGTERM reach the whole process group; the main process stops the run cleanly at a step
     # boundary and then ends its workers, so a worker must not die of them first (the run would end 'failed').
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -77,11 +79,17 @@ atexit.register(_end_workers_at_exit)  # registered after it, runs before it: at
 
 
 class _Batches(torch.utils.data.Dataset):
-    """Map-style dataset of whole batches: item (epoch, step) -> (images, labels, info)."""
+    """Map-style dataset of whole batches: item (epoch, step[, generation]) -> (images, labels, info).
+
+    In a worker the batch goes into a slot of `pool` (the loader's iteration `generation` marks it taken) or into
+    fresh shared memory; in the main process into plain memory, pinned where `pin` (CUDA).
+    """
 
     def __init__(self, cases, sampler, augmentation, batch_size, seed, rank, world_size):
         self.cases, self.sampler, self.augmentation = cases, sampler, augmentation
         self.batch_size, self.seed, self.rank, self.world_size = batch_size, seed, rank, world_size
+        self.pool: BatchPool | None = None
+        self.pin = False
 
     def sample(self, epoch: int, n: int) -> tuple[np.ndarray, np.ndarray, dict]:
         rng = np.random.default_rng([self.seed, epoch, n])
@@ -89,8 +97,8 @@ class _Batches(torch.utils.data.Dataset):
         image, label, info = self.sampler.sample(case, self.augmentation, rng)
         return image, label, {**info, "weight": case.weight, "pseudo": case.pseudo}
 
-    def __getitem__(self, item: tuple[int, int]):
-        epoch, step = item
+    def __getitem__(self, item: tuple[int, ...]):
+        epoch, step = item[:2]
         first = (step * self.world_size + self.rank) * self.batch_size
         try:
             samples = [self.sample(epoch, first + i) for i in range(self.batch_size)]
@@ -103,27 +111,35 @@ class _Batches(torch.utils.data.Dataset):
                         "case to one size in preprocessing")
         except SegCoreError as error:
             return error  # re-raised by the main process as itself, not wrapped in a worker traceback
-        images = torch.empty((self.batch_size, *samples[0][0].shape), dtype=torch.float32)
-        labels = torch.empty((self.batch_size, *samples[0][1].shape), dtype=torch.int64)
+        image_shape = (self.batch_size, *samples[0][0].shape)
+        label_shape = (self.batch_size, *samples[0][1].shape)
+        slot = None
         if torch.utils.data.get_worker_info() is not None:  # in shared memory already: not copied again to send
-            images.share_memory_()
-            labels.share_memory_()
+            if self.pool is not None and len(item) > 2:
+                images, labels, slot = self.pool.take(item[2], image_shape, label_shape)
+            else:
+                images, labels = shared_empty(image_shape, torch.float32), shared_empty(label_shape, torch.int64)
+        else:  # pinned here, where CUDA is, rather than copied into pinned memory afterwards
+            images = torch.empty(image_shape, dtype=torch.float32, pin_memory=self.pin)
+            labels = torch.empty(label_shape, dtype=torch.int64, pin_memory=self.pin)
         for i, (image, label, _) in enumerate(samples):
             images.numpy()[i], labels.numpy()[i] = image, label
         info = {key: [s[2][key] for s in samples] for key in ("case_id", "start_zyx", "class", "pseudo")}
         info["weight"] = torch.tensor([s[2]["weight"] for s in samples], dtype=torch.float32)
         info["n"] = list(range(first, first + self.batch_size))
+        info["slot"] = slot  # taken out again by the Loader
         return images, labels, info
 
 
 class _Steps(torch.utils.data.Sampler):
-    """The (epoch, step) items of one epoch from `start`; set before each iteration (workers stay alive)."""
+    """The (epoch, step, generation) items of one epoch from `start`; set before each iteration (workers stay
+    alive). generation counts the Loader's iterations (for its BatchPool)."""
 
     def __init__(self):
-        self.epoch, self.start, self.stop = 0, 0, 0
+        self.epoch, self.start, self.stop, self.generation = 0, 0, 0, 0
 
     def __iter__(self):
-        return iter([(self.epoch, step) for step in range(self.start, self.stop)])
+        return iter([(self.epoch, step, self.generation) for step in range(self.start, self.stop)])
 
     def __len__(self) -> int:
         return self.stop - self.start
@@ -141,12 +157,26 @@ class Loader:
         self.pin_memory = pin_memory
         self.sampler = batches.sampler
         self._steps = _Steps()
-        self._loader = None
+        self._loader = self._keeper = None
+        batches.pin = pin_memory and workers == 0
         if workers > 0:
+            prefetch = 2
             self._loader = torch.utils.data.DataLoader(
                 batches, batch_size=None, sampler=self._steps, num_workers=workers, persistent_workers=True,
-                pin_memory=pin_memory, prefetch_factor=2, generator=torch.Generator().manual_seed(batches.seed),
+                pin_memory=pin_memory, prefetch_factor=prefetch, generator=torch.Generator().manual_seed(batches.seed),
                 worker_init_fn=functools.partial(_seed_worker, seed=batches.seed, rank=batches.rank))
+            # Batches are reused slots of shared memory; with pin_memory the DataLoader copies each batch into
+            # pinned memory anyway, and fresh shared memory keeps that path simple. Slots per worker: the
+            # batches queued (prefetch), the one being made, the one the consumer has, the previous one (its
+            # loop variable holds it while it asks for the next), and one spare.
+            self._slots = prefetch + 4
+            self._new_pool()
+
+    def _new_pool(self) -> None:
+        """A pool for workers about to start (old workers' slots die with them)."""
+        if self.workers > 0 and not self.pin_memory:
+            self._batches.pool = BatchPool(self.workers, self._slots)
+            self._keeper = PoolKeeper(self._batches.pool)
 
     def close(self) -> None:
         """End the worker processes now (they also end when the Loader is collected or the process exits)."""
@@ -154,6 +184,7 @@ class Loader:
         if iterator is not None:
             iterator._shutdown_workers()
             self._loader._iterator = None
+            self._new_pool()
 
     def __enter__(self) -> Loader:
         return self
@@ -183,14 +214,18 @@ class Loader:
         if self._loader is None:
             items = (self._batches[(epoch, step)] for step in range(start_step, self.steps_per_epoch))
         else:
+            self._steps.generation += 1
             self._steps.epoch, self._steps.start, self._steps.stop = epoch, start_step, self.steps_per_epoch
-            items = iter(self._loader)
+            items = iter(self._loader)  # restarting drains what an epoch left early had queued
+            if self._keeper is not None:
+                self._keeper.reclaim(self._steps.generation)
         for item in items:
             if isinstance(item, SegCoreError):
                 raise SegCoreError(item.problem, path=item.path, fix=item.fix)
             images, labels, details = item
-            if self.pin_memory and self._loader is None:
-                images, labels = images.pin_memory(), labels.pin_memory()
+            slot = details.pop("slot")
+            if self._keeper is not None:
+                self._keeper.received(slot, images, labels)
             yield (images, labels, details) if info else (images, labels)
 
 

@@ -23,7 +23,9 @@ SAMPLER_KINDS = ("auto", "patch3d", "slice2d", "stack25d", "whole", "crop")
 # The keys each sampler kind takes (besides "kind"); resolve_plan keeps only these in the resolved plan.
 SAMPLER_FIELDS = {"patch3d": ("patch_zyx", "foreground_fraction"),
                   "slice2d": ("axis", "size_yx", "foreground_fraction"),
-                  "stack25d": ("axis", "k", "size_yx", "foreground_fraction"), "whole": (), "crop": ("size_zyx",)}
+                  "stack25d": ("axis", "k", "size_yx", "foreground_fraction", "labels"), "whole": (),
+                  "crop": ("size_zyx",)}
+STACK_LABELS = ("auto", "centre", "stack")  # stack25d: "auto" is "stack" for a network with one map per slice
 AXES = ("axial", "coronal", "sagittal")
 AMP_MODES = ("auto", "bf16", "fp16", "off")
 MIXUP_MODES = ("off", "input", "manifold")
@@ -72,11 +74,12 @@ class DataFacts:
     direction_lps: tuple[float, ...] | None = None  # 9 numbers, row-major 3x3, columns the LPS axes of i, j, k
 
 
-def data_facts(root: str | os.PathLike, layout: str = "auto") -> DataFacts:
-    """Open the dataset at `root` and read its first labelled case (the header facts of a whole dataset)."""
+def data_facts(root: str | os.PathLike, layout: str = "auto", options: dict | None = None) -> DataFacts:
+    """Open the dataset at `root` (its reader given `options`, the plan's data.options) and read its first
+    labelled case (the header facts of a whole dataset)."""
     from SegCore.datasets import load_case_image, open_dataset
 
-    dataset = open_dataset(root, layout)
+    dataset = open_dataset(root, layout, **(options or {}))
     cases = dataset.labelled_cases()
     if not cases:
         raise SegCoreError("the dataset has no labelled case to train on", path=root,
@@ -111,6 +114,36 @@ def _fit(side: int, divisor: int, cap: int) -> int:
     return max(divisor, min(side, cap) // divisor * divisor)
 
 
+LOSS_FORMS = ("decathlon",)
+
+
+def loss_form(plan: dict, num_labels: int | None) -> None:
+    """Resolve `loss.arguments.form` (a study's own form of its loss) into plain loss arguments, in place.
+
+    "decathlon": the decathlon author's Dice (SegCore.losses.decathlon_dice_arguments); its two-label tasks have
+    ONE sigmoid output channel, so model.arguments.out_channels becomes 1 where the data have 2 labels and the
+    plan gives none. The plan's own loss arguments win over the form's. num_labels: the data's labels (None: not
+    known, the network's default output channels decide)."""
+    arguments = plan["loss"]["arguments"]
+    form = arguments.pop("form", None)
+    if form is None:
+        return
+    from SegCore.losses import LOSSES, decathlon_dice_arguments
+    from SegCore.models import MODELS
+
+    if form not in LOSS_FORMS:
+        raise SegCoreError(f"unknown loss.arguments.form {form!r}", fix=f"use one of {', '.join(LOSS_FORMS)}, or null")
+    if "squared_denominator" not in inspect.signature(LOSSES[plan["loss"]["name"]]).parameters:
+        raise SegCoreError(f"loss.arguments.form {form!r} is a form of the Dice losses, not of "
+                           f"{plan['loss']['name']!r}",
+                           fix="use loss.name dice or log_dice, or --set loss.arguments.form=null")
+    model = plan["model"]["arguments"]
+    if num_labels == 2 and "out_channels" not in model:
+        model["out_channels"] = 1
+    out = model.get("out_channels", num_labels or MODELS[plan["model"]["name"]].defaults.get("out_channels", 2))
+    plan["loss"]["arguments"] = {**decathlon_dice_arguments(int(out)), **arguments}
+
+
 def derive(plan: dict, facts: DataFacts | None) -> tuple[tuple[int, int, int] | None, int]:
     """Fill what was left "auto" (or null) from the network and the data; refuses what contradicts the data.
 
@@ -134,6 +167,8 @@ def derive(plan: dict, facts: DataFacts | None) -> tuple[tuple[int, int, int] | 
     if (dims == 3) != (kind in ("patch3d", "whole", "crop")):
         raise SegCoreError(f"sampler.kind {kind!r} does not feed the {dims}D network {name!r}",
                            fix=f"use {'patch3d, whole or crop' if dims == 3 else 'slice2d or stack25d'}, or 'auto'")
+    if kind == "stack25d":
+        _stack_labels(sampler, name, per_slice="slices" in takes and "in_channels" not in takes)
     derived = {}
     if facts is not None:
         data = plan["data"]
@@ -158,6 +193,7 @@ def derive(plan: dict, facts: DataFacts | None) -> tuple[tuple[int, int, int] | 
                 what = "input channels" if key == "in_channels" else "labels (background included)"
                 raise SegCoreError(f"model.arguments.{key} is {given} but the data give {derived[key]} {what}",
                                    path=data["root"], fix=f"remove model.arguments.{key} (it is derived from the data)")
+    loss_form(plan, derived.get("out_channels"))
     arguments = _model_arguments(name, plan["model"]["arguments"], derived)
     base, channels = arguments.get("base_channels"), arguments.get("in_channels")
     if base in (MODELS[name].defaults.get("base_channels"), MODELS[name].small.get("base_channels")) and (
@@ -194,6 +230,20 @@ def derive(plan: dict, facts: DataFacts | None) -> tuple[tuple[int, int, int] | 
         sampler["size_zyx"] = [_fit(padded[a] if padded else cap, divisor, cap) for a in range(3)]
     plan["sampler"] = {"kind": kind, **{key: sampler[key] for key in SAMPLER_FIELDS[kind]}}
     return padded, divisor
+
+
+def _stack_labels(sampler: dict, name: str, per_slice: bool) -> None:
+    """Resolve stack25d's `labels`: every slice's label ("stack") for a network that returns one map per input
+    slice (`per_slice`: the RSTN), the centre slice's ("centre") for the others; refuses the other pairing."""
+    labels = sampler["labels"]
+    if labels not in STACK_LABELS:
+        raise SegCoreError(f"unknown sampler.labels {json.dumps(labels)}", fix=f"use one of {', '.join(STACK_LABELS)}")
+    if labels == "auto":
+        sampler["labels"] = labels = "stack" if per_slice else "centre"
+    if (labels == "stack") != per_slice:
+        what = "one map per slice, so it trains on every slice's label" if per_slice else "one map per stack"
+        raise SegCoreError(f"sampler.labels {labels!r} does not suit {name}, which returns {what}",
+                           fix="--set sampler.labels=auto")
 
 
 def _choice(plan: dict, path: str, choices) -> None:
@@ -236,6 +286,13 @@ def check_values(plan: dict, padded: tuple[int, int, int] | None, divisor: int) 
         if key not in sampler:
             continue
         size = sampler[key]
+        if key == "size_yx" and size is None:  # null: each case's whole plane
+            plane = [padded[a] for a in axes] if padded is not None else []
+            if any(n % divisor for n in plane):
+                raise SegCoreError(f"sampler.size_yx null takes the whole plane {plane}, whose sides are not "
+                                   f"multiples of {divisor}, which {plan['model']['name']} needs",
+                                   path=plan["data"]["root"], fix="add a preprocessing pad step with multiple_zyx auto")
+            continue
         if not (isinstance(size, list) and len(size) == len(axes) and all(isinstance(n, int) and n > 0 for n in size)):
             raise SegCoreError(f"sampler.{key} must be {len(axes)} positive whole numbers, got {json.dumps(size)}",
                                fix=f"e.g. --set sampler.{key}={json.dumps([divisor * 4] * len(axes))}")

@@ -1,18 +1,20 @@
 """Self-distillation (the muscle study's `--add_predicted_data`): a teacher checkpoint labels unlabelled scans, and
 the pseudo-labelled cases join training (or validation), marked as such and with their own loss weight.
 
-    cases = pseudo_label_cases("RUN/best.pt", dataset.cases_without_labels, Path("RUN/pseudo"), weight=0.5)
-    # each returned Case: label_path = RUN/pseudo/<case>.nii.gz on the scan's own grid, and metadata
-    # {"pseudo_label": True, "loss_weight": 0.5, "teacher": "RUN/best.pt", "joins": "training"}
+    cases = pseudo_label_cases("RUN/supervised/best.pt", scans, Path("RUN/distill-1/pseudo"), weight=0.5)
+    # each returned Case: label_path = RUN/distill-1/pseudo/<case>.nii.gz on the scan's own grid, and metadata
+    # {"pseudo_label": True, "loss_weight": 0.5, "teacher": "RUN/supervised/best.pt", "joins": "training"}
 
-Per scan: the teacher's own preprocessing (checkpoint meta) is applied, `teacher_forward` predicts the label map on
-the preprocessed grid, and `Preprocessing.invert_label` maps it back exactly onto the scan's grid.
-`RUN/pseudo/pseudo_labels.json` lists what was labelled, by which teacher, with which weight. The folder is written
-as a whole (atomic_dir): a failure on any scan leaves the previous folder, or none, and a rerun replaces it.
+Each pseudo-label is exactly what inference predicts for that scan: the `SegCore.inference.Predictor` of the
+teacher's checkpoint with the teacher's own inference settings (its plan's `inference` section: strategy, views,
+test-time mirroring, post-processing), so the label is on the scan's grid exactly, in the teacher's label values.
+`RUN/pseudo/pseudo_labels.json` lists what was labelled, by which teacher, with which settings and weight. The
+folder is written as a whole (atomic_dir): a failure on any scan leaves the previous folder, or none, and a
+rerun replaces it.
 
-`teacher_forward` is a minimal whole-volume (3D networks) or slice-by-slice (2D and 2.5D networks) forward pass
-that stands in until the Predictor of the inference issue exists: no sliding window, no test-time augmentation,
-argmax of the logits (a one-channel network: logit > 0).
+`teacher_forward` is a plain whole-volume or slice-by-slice forward pass on a preprocessed volume (argmax of the
+logits): the hand-written reference the tests hold the inference slice strategies against; pseudo-labels do not
+use it.
 """
 
 from __future__ import annotations
@@ -31,7 +33,6 @@ from SegCore.atomic import atomic_dir
 from SegCore.datasets.case import Case, LabelRule, load_case_image
 from SegCore.errors import SegCoreError
 from SegCore.progress import ProgressCallback, ProgressEvent, no_progress
-from SegCore.volume import Volume
 
 AXES = {"axial": 0, "coronal": 1, "sagittal": 2}  # index axis of the canonical (Z, Y, X) order, as the samplers
 JOINS = ("training", "validation")
@@ -55,7 +56,7 @@ def _pad_to(array: torch.Tensor, divisor: int, dims: int) -> tuple[torch.Tensor,
 @torch.no_grad()
 def teacher_forward(model: torch.nn.Module, image_czyx: np.ndarray, *, spatial_dims: int, sampler: dict | None = None,
                     device: str | torch.device = "cpu", batch_size: int = 8) -> np.ndarray:
-    """Predict a label map for one preprocessed volume (a stand-in for the Predictor of the inference issue).
+    """A label map for one preprocessed volume by a plain forward pass (a reference for tests; see the module).
 
     image_czyx: float32 (C, Z, Y, X) as preprocessing gives it. spatial_dims 3: one forward of the whole volume;
     2: slice by slice along sampler["axis"] (axial z, coronal y, sagittal x), `batch_size` slices at a time, with
@@ -112,16 +113,17 @@ def _file_name(case_id: str) -> str:
 
 def pseudo_label_cases(teacher_checkpoint: str | os.PathLike, cases: Sequence[Case], out_folder: str | os.PathLike,
                        *, weight: float = 1.0, joins: str = "training", device: str | torch.device = "cpu",
-                       batch_size: int = 8, progress: ProgressCallback = no_progress) -> list[Case]:
+                       batch_size: int | None = None, progress: ProgressCallback = no_progress) -> list[Case]:
     """Label `cases` with the teacher; returns them as labelled, marked Cases (see the module docstring).
 
     teacher_checkpoint: a checkpoint of `segcore train` (loaded with weights_only=True). cases: scans (a label of
     their own is ignored and replaced). out_folder: where the pseudo-label files and the manifest go (created).
     weight: the loss weight of these cases (> 0). joins: 'training' or 'validation', recorded in the metadata.
+    device: where the teacher runs. batch_size: windows or slices per forward pass (None: the teacher's setting;
+    it changes speed, not the labels).
     """
+    from SegCore.inference import Predictor
     from SegCore.io import write_image
-    from SegCore.training.checkpoint import load_checkpoint
-    from SegCore.transforms import Preprocessing
 
     if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not 0 < weight < float("inf"):
         raise SegCoreError(f"distillation.weight must be a number > 0, got {weight!r}",
@@ -132,13 +134,9 @@ def pseudo_label_cases(teacher_checkpoint: str | os.PathLike, cases: Sequence[Ca
     ids = [case.case_id for case in cases]
     if len(set(ids)) != len(ids) or len({_file_name(i) for i in ids}) != len(ids):
         raise SegCoreError("two unlabelled cases share an id (or a file name)", fix="give every scan its own name")
-    teacher = load_checkpoint(teacher_checkpoint)
-    meta = teacher.meta
-    model = teacher.build_model(device)
-    preprocessing = Preprocessing(meta["preprocessing"])
-    channels = list(meta["channels"])
-    values = sorted(int(label["value"]) for label in meta["labels"])
-    values = None if values == list(range(len(values))) else np.asarray(values, dtype=np.uint16)
+    predictor = Predictor([teacher_checkpoint], device=str(device),
+                          settings={"batch": batch_size} if batch_size else None)
+    channels = predictor.channels
     for case in cases:  # before anything is computed or written
         if channels and case.channel_names and list(case.channel_names) != channels:
             raise SegCoreError(f"case {case.case_id} has the channels {list(case.channel_names)}, the teacher was "
@@ -153,35 +151,19 @@ def pseudo_label_cases(teacher_checkpoint: str | os.PathLike, cases: Sequence[Ca
     labelled, rows = [], []
     with atomic_dir(out_folder) as staging:  # all or nothing: a failure leaves the previous folder as it was
         for index, case in enumerate(cases):
-            label = _predict_case(case, model, preprocessing, meta, values, device=device, batch_size=batch_size)
+            prediction = predictor.predict(load_case_image(case), path=case.image_paths[0])
             name = _file_name(case.case_id)
-            write_image(label, staging / name)
+            write_image(prediction.label, staging / name)
             labelled.append(dataclasses.replace(case, label_path=out_folder / name, label_rule=LabelRule((), "keep"),
                                                 metadata={**case.metadata, **marks}))
-            voxels = np.bincount(label.array.ravel())
+            voxels = np.bincount(prediction.label.array.ravel())
             rows.append({"case_id": case.case_id, "label": name, "images": [os.fspath(p) for p in case.image_paths],
-                         "voxels_per_label": {str(v): int(n) for v, n in enumerate(voxels) if n}})
+                         "voxels_per_label": {str(v): int(n) for v, n in enumerate(voxels) if n},
+                         "warnings": prediction.warnings})
             progress(ProgressEvent("pseudo-label", index + 1, len(cases), case.case_id))
+        meta = predictor.meta
         manifest = {"teacher": os.fspath(teacher_checkpoint), "weight": float(weight), "joins": joins,
-                    "study": meta.get("study"), "model": meta["model"], "cases": rows}
-        (staging / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
+                    "study": meta.get("study"), "model": meta["model"], "inference": predictor.settings,
+                    "cases": rows}
+        (staging / MANIFEST).write_text(json.dumps(manifest, indent=2, default=str) + "\n", encoding="utf-8")
     return labelled
-
-
-def _predict_case(case: Case, model, preprocessing, meta: dict, values: np.ndarray | None, *, device,
-                  batch_size: int) -> Volume:
-    """The teacher's label map of one scan, on the scan's own grid."""
-    image = load_case_image(case)
-    prepared = preprocessing.apply(image)
-    predicted = teacher_forward(model, prepared.image, spatial_dims=int(meta["spatial_dims"]),
-                                sampler=meta["sampler"], device=device, batch_size=batch_size)
-    if values is not None:  # class index -> the study's label value, where they differ (e.g. 0, 2)
-        if predicted.size and int(predicted.max()) >= len(values):
-            raise SegCoreError(f"the teacher predicts class {int(predicted.max())}, its checkpoint names only "
-                               f"{len(values)} labels", fix="use a checkpoint whose labels match its network")
-        predicted = values[predicted]
-    label = preprocessing.invert_label(predicted, prepared.record)
-    if (problem := image.grid.mismatch(label.grid)) is not None:  # invert_label's contract; never write off-grid
-        raise SegCoreError(f"the pseudo-label of {case.case_id} is not on the scan's grid: {problem}",
-                           path=case.image_paths[0], fix="report this: the preprocessing inverse is wrong")
-    return label

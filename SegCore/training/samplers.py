@@ -13,10 +13,15 @@ and the label 0. Kinds (all randomness from `rng`):
   orientation that preprocessing's reorient step gives), of in-plane size `size_yx` (rows, columns of the slice:
   (y, x) axial, (z, x) coronal, (z, y) sagittal; default the whole plane), any slice equally likely.
 - stack25d: `k` adjacent slices (k odd) centred on a slice; image (C * k, H, W) with channel c * k + j holding
-  channel c of slice j, and the centre slice's label. Slices beyond the volume's ends are 0.
-- slice2d and stack25d take `foreground_fraction` too (default 0): the slice through a random label voxel.
-- whole: the whole volume. crop: a `size_zyx` window at the volume's centre, or (`"centre": "foreground"`) at
-  the centre of the label's bounding box, kept inside the volume (the atrium study's locator crop).
+  channel c of slice j, and the centre slice's label (H, W) (`"labels": "centre"`, the default) or the k
+  slices' labels (k, H, W) (`"labels": "stack"`: networks with one output map per slice, the RSTN). Slices
+  beyond the volume's ends are 0.
+- slice2d and stack25d take `foreground_fraction` too (default 0): the slice through a random label voxel. The
+  window is centred on that voxel in-plane too, except along a side the window spans whole (`size_yx` None, or
+  the plane's own size): there it is the whole plane, unshifted (no position prior: inference sees it so).
+- whole: the whole volume. crop: a `size_zyx` window at the centre of the label's bounding box (`"centre":
+  "foreground"`, the default: the atrium study's crop around the located atrium; a case without foreground
+  falls back to the volume's centre), or at the volume's centre (`"centre": "volume"`), kept inside the volume.
 """
 
 from __future__ import annotations
@@ -31,11 +36,13 @@ AXES = {"axial": 0, "coronal": 1, "sagittal": 2}
 KINDS = {
     "patch3d": {"patch_zyx": None, "foreground_fraction": 0.33},
     "slice2d": {"axis": "axial", "size_yx": None, "foreground_fraction": 0.0},
-    "stack25d": {"axis": "axial", "k": 3, "size_yx": None, "foreground_fraction": 0.0},
+    "stack25d": {"axis": "axial", "k": 3, "size_yx": None, "foreground_fraction": 0.0, "labels": "centre"},
     "whole": {},
-    "crop": {"size_zyx": None, "centre": "volume"},
+    # centred on the label by default: a training crop at the volume's centre would miss an off-centre structure
+    "crop": {"size_zyx": None, "centre": "foreground"},
 }
-CROP_CENTRES = ("volume", "foreground")
+CROP_CENTRES = ("foreground", "volume")
+STACK_LABELS = ("centre", "stack")  # stack25d: the centre slice's label, or every slice's
 
 
 def _sizes(value, count: int, name: str, kind: str) -> list[int] | None:
@@ -78,6 +85,9 @@ def _resolve(spec: dict) -> dict:
         if not isinstance(k, int) or isinstance(k, bool) or k < 1 or k % 2 == 0:
             raise SegCoreError(f"sampler stack25d: k must be an odd whole number >= 1, got {k!r}",
                                fix="e.g. \"k\": 3 (the slice and one neighbour on each side)")
+        if out["labels"] not in STACK_LABELS:
+            raise SegCoreError(f"sampler stack25d: unknown labels {out['labels']!r}",
+                               fix=f"use one of {STACK_LABELS} (stack: one label map per slice)")
     if "foreground_fraction" in out:
         f = out["foreground_fraction"]
         if isinstance(f, bool) or not isinstance(f, (int, float)) or not 0.0 <= f <= 1.0:
@@ -157,7 +167,10 @@ class Sampler:
                 value = classes[int(rng.integers(len(classes)))]
                 locations = case.class_locations[value]
                 voxel = locations[int(rng.integers(len(locations)))]
-                return tuple(int(v) - w // 2 for v, w in zip(voxel, window, strict=True)), value
+                start = [int(v) - w // 2 for v, w in zip(voxel, window, strict=True)]
+                if self.axis is not None:  # a side spanned whole stays whole: only the slice comes from the voxel
+                    start = [0 if a != self.axis and window[a] >= shape[a] else v for a, v in enumerate(start)]
+                return tuple(start), value
         start = []
         for a in range(3):
             if a == self.axis:  # any slice may be the centre one; neighbours past the ends are padding
@@ -167,15 +180,17 @@ class Sampler:
         return tuple(start), None
 
     def sample(self, case, augmentation, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, dict]:
-        """One sample: image float32 (C, *spatial) (C * k for 2.5D), label (*spatial) in the case's label dtype,
-        info {case_id, start_zyx, class (the class it is centred on, or None)}."""
+        """One sample: image float32 (C, *spatial) (C * k for 2.5D), label (*spatial) in the case's label dtype
+        ((k, H, W) for a stack25d with labels "stack"), info {case_id, start_zyx, class (the class it is centred
+        on, or None)}."""
         window = self.window_zyx(case.shape_zyx)
         start, value = self.choose(case, rng)
         centre = [s + (w - 1) / 2 for s, w in zip(start, window, strict=True)]
         image, label = augmentation.sample_patch(case.image, case.label, centre, window, rng)
         if self.axis is not None:
             image = np.moveaxis(image, self.axis + 1, 1)  # (C, slices, H, W)
-            label = np.moveaxis(label, self.axis, 0)
-            label = label[label.shape[0] // 2]
+            label = np.moveaxis(label, self.axis, 0)  # (slices, H, W)
+            if self.spec.get("labels") != "stack":
+                label = label[label.shape[0] // 2]
             image = image.reshape(image.shape[0] * image.shape[1], *image.shape[2:])
         return image, label, {"case_id": case.case_id, "start_zyx": start, "class": value}

@@ -27,7 +27,7 @@ import torch
 
 from SegCore.errors import SegCoreError
 from SegCore.progress import ProgressCallback, ProgressEvent, no_progress
-from SegCore.training import components
+from SegCore.training import components, rstn
 from SegCore.training import distributed as ddp
 from SegCore.training.validation import best_is_better, validate
 
@@ -96,7 +96,7 @@ class Trainer:
         from SegCore.training import components
 
         data = self.plan["data"]
-        dataset = open_dataset(data["root"], data["layout"])
+        dataset = open_dataset(data["root"], data["layout"], **data["options"])
         self.dataset = dataset
         train_cases, val_cases = components.split_cases(dataset, self.plan["split"])
         max_cases = self.t["validation"].get("max_cases")
@@ -185,6 +185,12 @@ class Trainer:
                         rng_state={**capture_rng_state(), "epoch_loss": [float(epoch_loss[0]), int(epoch_loss[1])]},
                         meta=self.meta)
 
+    def _step_loss_schedule(self, row: dict) -> None:
+        """A loss with a per-epoch schedule (hybrid: alpha) takes the finished epoch and its validation Dice."""
+        step = getattr(self.loss_fn, "step_epoch", None)
+        if step is not None:
+            step(int(row["epoch"]) - 1, row.get("dice_mean"))
+
     def _restore(self) -> tuple[int, int, tuple[float, int]]:
         from SegCore.training.checkpoint import load_checkpoint, restore_rng_state
 
@@ -195,6 +201,8 @@ class Trainer:
         if self.scaler is not None and checkpoint.scaler_state:
             self.scaler.load_state_dict(checkpoint.scaler_state)
         self.history, self.best = list(checkpoint.history), checkpoint.best_metric
+        for row in self.history:  # the loss's schedule is a function of the finished epochs: replayed
+            self._step_loss_schedule(row)
         if self.main:
             self.run.set_history(self.history)  # history.csv as the checkpoint knows it
         restore_rng_state(checkpoint.rng_state)
@@ -225,6 +233,9 @@ class Trainer:
         autocast = (torch.autocast("cuda", dtype=getattr(torch, self.amp)) if self.amp else nullcontext())
         weights = weights if self.weighted else None
         with autocast:
+            if rstn.is_rstn(self.model):  # forward with the label; the study's coarse + fine loss (training/rstn.py)
+                return rstn.forward_loss(self.net, images, labels, lambda out, target: self._loss(out, target, weights),
+                                         mixup=self.mixup)
             if self.mixup is None:
                 return self._loss(self.net(images), labels, weights)
             # one draw per micro-batch: accumulated micro-batches get their own lam and permutation
@@ -355,6 +366,7 @@ class Trainer:
             self.schedule.step_epoch(metrics[key])
         else:
             self.schedule.step_epoch(None)
+        self._step_loss_schedule(row)
         row["best"] = self.best
         row["epoch_time_s"] = round(time.monotonic() - began, 3)
         self.history.append(row)

@@ -8,7 +8,8 @@ Each validation case is the preprocessed, cached case (no augmentation) predicte
 own strategy for the training sampler: a 3D network slides a window of the training patch over the case
 (`SegCore.inference.windows.SlidingWindow`, Gaussian blending, `training.validation.overlap`; sampler `whole`:
 one window of the whole case), a 2D network goes slice by slice along the training axis, a 2.5D one with its k
-slices in (`SegCore.inference.slices.predict_slices`). The prediction is the argmax of the class probabilities
+slices in (`SegCore.inference.slices.predict_slices`), an RSTN runs the coarse-to-fine test on its training
+plane (`SegCore.training.rstn.case_predictor`). The prediction is the argmax of the class probabilities
 (class index i is label value i, as in training). Voxel counts (true/false positives, false negatives) are pooled
 over every case, summed across DDP ranks, and scored by `SegCore.metrics.overlap_metrics`. Metric names:
 `dice_<label name>` per label, `dice_mean` (their mean), `val_loss`.
@@ -106,6 +107,10 @@ def _case_predictor(model, plan: dict, device, amp: str | None, *, overlap: floa
     from SegCore.inference.windows import SlidingWindow
     from SegCore.training.samplers import Sampler
 
+    if plan["model"]["name"] == "rstn":  # coarse to fine on the training plane, as inference tests it
+        from SegCore.training.rstn import case_predictor
+
+        return case_predictor(model, plan, device, amp)
     sampler = Sampler(plan["sampler"])
     net_fn, seen = _net_fn(model, device, amp)
     divisor = int(getattr(model, "divisor", 1))

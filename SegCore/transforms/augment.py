@@ -191,13 +191,10 @@ class Augmentation:
         if draw.interpolates:
             image, label = self._resample(image_czyx, label_zyx, start, patch, draw, rng)
         else:
-            image = spatial.crop_patch(image_czyx, start, patch, self._spec["pad_value"]).astype(np.float32,
-                                                                                                 copy=False)
-            label = None if label_zyx is None else spatial.crop_patch(label_zyx, start, patch, 0)
-            flipped = tuple(axis for axis in range(3) if draw.flips[axis])
-            if flipped:
-                image = np.ascontiguousarray(np.flip(image, axis=tuple(a + 1 for a in flipped)))
-                label = None if label is None else np.ascontiguousarray(np.flip(label, axis=flipped))
+            flipped = tuple(axis for axis in range(3) if draw.flips[axis])  # flips alone: one exact copy
+            image = spatial.crop_patch(image_czyx, start, patch, self._spec["pad_value"], flipped).astype(
+                np.float32, copy=False)
+            label = None if label_zyx is None else spatial.crop_patch(label_zyx, start, patch, 0, flipped)
         return _intensity(image, draw, rng), label
 
     def _resample(self, image_czyx, label_zyx, start, patch, draw: Draw, rng: np.random.Generator):
@@ -235,11 +232,15 @@ def _check_inputs(image_czyx, label_zyx, centre_zyx, patch_zyx):
 
 
 def _intensity(image: np.ndarray, draw: Draw, rng: np.random.Generator) -> np.ndarray:
-    """Noise, brightness, contrast, gamma (nnU-Net's order) on the (C, ...) float32 patch, in place."""
+    """Noise, brightness, contrast, gamma (nnU-Net's order) on the (C, ...) float32 patch, in place (float32 all
+    through, one scratch array: no temporaries of the patch's size)."""
     if draw.noise_std:
-        image += rng.standard_normal(image.shape, dtype=np.float32) * np.float32(draw.noise_std)
+        noise = rng.standard_normal(image.shape, dtype=np.float32)
+        noise *= np.float32(draw.noise_std)
+        image += noise
     if draw.brightness is not None:
         image *= np.float32(draw.brightness)
+    scratch = None if draw.gamma is None else np.empty_like(image[0])
     for channel in image:
         if draw.contrast is not None:  # about the mean, clipped to the patch's range as nnU-Net does
             low, high, mean = channel.min(), channel.max(), channel.mean()
@@ -250,5 +251,10 @@ def _intensity(image: np.ndarray, draw: Draw, rng: np.random.Generator) -> np.nd
         if draw.gamma is not None:  # on the patch's range mapped to [0, 1], then mapped back
             low, high = channel.min(), channel.max()
             if high > low:
-                channel[...] = ((channel - low) / (high - low)) ** np.float32(draw.gamma) * (high - low) + low
+                span = high - low
+                np.subtract(channel, low, out=scratch)
+                scratch /= span
+                scratch **= np.float32(draw.gamma)  # `**`, as before: numpy's exact square for a gamma of 2
+                scratch *= span
+                np.add(scratch, low, out=channel)
     return image

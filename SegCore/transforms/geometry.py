@@ -1,4 +1,5 @@
-"""Spatial preprocessing steps: reorient, resample, crop (foreground, box, label) and pad, each with its inverse.
+"""Spatial preprocessing steps: reorient, resample, zoom, crop (foreground, box, label) and pad, each with its
+inverse.
 
 Arrays are (..., Z, Y, X): every channel of a (C, Z, Y, X) image moves alike, and a (Z, Y, X) label with it.
 Index axis c (i, j, k) is array axis -1 - c. Each step records the facts that invert it; `inverse` maps an
@@ -136,14 +137,18 @@ def _resample_grid(params, grid: Grid) -> Grid:
     return grid if target.same_as(grid) else target  # within header tolerance: nothing to resample
 
 
-def _resample_forward(params, image, label, grid):
-    target = _resample_grid(params, grid)
+def _resample_onto(target: Grid, params, image, label, grid):
+    """image and label interpolated from `grid` onto `target` (same direction); `target is grid`: unchanged."""
     if target is grid:
         return image, label, grid, {"identity": True}
     scale, offset = _index_map(grid, target)
     image = interpolate(image, scale, offset, target.shape_zyx, params["image_order"])
     label = None if label is None else _resample_label(label, grid, target, params["label_mode"])
     return image, label, target, {"identity": False}
+
+
+def _resample_forward(params, image, label, grid):
+    return _resample_onto(_resample_grid(params, grid), params, image, label, grid)
 
 
 def _resample_inverse(record, array, probabilities):
@@ -154,6 +159,27 @@ def _resample_inverse(record, array, probabilities):
         scale, offset = _index_map(source, target)
         return interpolate(array, scale, offset, target.shape_zyx, 1)
     return _resample_label(array, source, target, record["params"]["label_mode"])
+
+
+# --- zoom -----------------------------------------------------------------------------------------------------
+def zoomed_grid(grid: Grid, scale_zyx) -> Grid:
+    """`grid` scaled by `scale_zyx` (z, y, x): m = n * scale voxels per axis, rounded half up (at least 1), over
+    the same extent (spacing * n / m), same direction. New voxel i lies at old index (i + 0.5) * n / m - 0.5, the
+    sample points of torch's F.interpolate(size=m, align_corners=False): the atrium locator's downscaling, whatever
+    the spacing (resample fixes a spacing in mm instead)."""
+    shape = [max(1, math.floor(n * s + 0.5)) for n, s in zip(grid.shape_zyx, scale_zyx, strict=True)]
+    ratio_zyx = [n / m for n, m in zip(grid.shape_zyx, shape, strict=True)]
+    spacing = [s * r for s, r in zip(grid.spacing_xyz_mm, ratio_zyx[::-1], strict=True)]
+    return _grid_at(grid, [0.5 * r - 0.5 for r in ratio_zyx], shape, spacing_xyz_mm=spacing)
+
+
+def _zoom_grid(params, grid: Grid) -> Grid:
+    target = zoomed_grid(grid, params["scale_zyx"])
+    return grid if target.same_as(grid) else target
+
+
+def _zoom_forward(params, image, label, grid):
+    return _resample_onto(_zoom_grid(params, grid), params, image, label, grid)
 
 
 # --- crop -----------------------------------------------------------------------------------------------------
@@ -249,6 +275,8 @@ def _pad_forward(params, image, label, grid):
     before, after = _pad_widths(params, grid)
     widths = list(zip(before, after, strict=True))
     lead = [(0, 0)] * (image.ndim - 3)
+    if not any(before + after):  # already a multiple: no copy of the whole image
+        return image, label, grid, {"before_zyx": before, "after_zyx": after}
     if params["mode"] == "edge":
         image = np.pad(image, lead + widths, mode="edge")
     else:
@@ -273,6 +301,11 @@ GEOMETRY_STEPS = {
         "image_order": Parameter(3, choice(*ORDERS)),
         "label_mode": Parameter("nearest", choice(*LABEL_MODES)),
     }, _resample_forward, _resample_inverse, grid=_resample_grid),
+    "zoom": StepKind({
+        "scale_zyx": Parameter(REQUIRED, triple(number(positive=True), "scale factors > 0 (z, y, x)")),
+        "image_order": Parameter(1, choice(*ORDERS)),
+        "label_mode": Parameter("nearest", choice(*LABEL_MODES)),
+    }, _zoom_forward, _resample_inverse, grid=_zoom_grid),
     "crop_foreground": StepKind({
         "margin_zyx": _MARGIN,
         "channel": Parameter(0, integer()),

@@ -1,7 +1,7 @@
 """`Preprocessing`: a list of named steps that training and inference replay alike, and that map a prediction
 back onto the source grid exactly.
 
-Steps (parameters and defaults in `STEPS`; docs/training.md lists them): reorient, resample, crop_foreground,
+Steps (parameters and defaults in `STEPS`; docs/training.md lists them): reorient, resample, zoom, crop_foreground,
 crop_box, crop_to_label, pad (spatial, invertible) and ct_window, clip_scale, zscore, percentile_minmax
 (intensity, image only). `spec` is the list with every default filled in and numbers in one canonical form, so
 `digest` (sha256 of its canonical JSON) changes exactly when a parameter does: it keys the case cache.
@@ -97,22 +97,30 @@ class Preprocessing:
                 return None
         return grid
 
-    def apply(self, image: Volume, label: Volume | None = None) -> Preprocessed:
-        """Run every step on the image (Z, Y, X) or (C, Z, Y, X) and the label (Z, Y, X, on the image grid)."""
+    def apply(self, image: Volume, label: Volume | None = None, *, overwrite: bool = False) -> Preprocessed:
+        """Run every step on the image (Z, Y, X) or (C, Z, Y, X) and the label (Z, Y, X, on the image grid).
+
+        The intensity steps normalise in place, on a float32 copy made before the first of them unless a step
+        before has already made a new array, so the caller's image never changes. overwrite=True: the image's
+        array is the caller's to give away (the Predictor's own float32 copy of what it read), and is changed in
+        place instead of copied."""
         array = image.array if image.array.ndim == 4 else image.array[None]
         array = array.astype(np.float32, copy=False)
         labels = None if label is None else _label_array(label, image.grid)
         grid = image.grid
         steps = []
         for step in self._spec:
+            if step["name"] in INTENSITY_STEPS and not (
+                    array.flags.writeable and (overwrite or not np.may_share_memory(array, image.array))):
+                array = np.array(array, dtype=np.float32, order="C")  # the pipeline's own, to change in place
             source = grid
             array, labels, grid, facts = STEPS[step["name"]].forward(step, array, labels, grid)
             steps.append({"name": step["name"], "params": step, "input_grid": grid_to_json(source),
                           "output_grid": grid_to_json(grid), **facts})
         record = {"format": RECORD_FORMAT, "digest": self._digest, "channels": int(array.shape[0]),
                   "source_grid": grid_to_json(image.grid), "grid": grid_to_json(grid), "steps": steps}
-        return Preprocessed(_own(array, image.array, np.float32), None if labels is None else _own(
-            labels, label.array, labels.dtype), grid, record)
+        array = np.ascontiguousarray(array) if overwrite else _own(array, image.array, np.float32)
+        return Preprocessed(array, None if labels is None else _own(labels, label.array, labels.dtype), grid, record)
 
     def invert_label(self, label_zyx: np.ndarray, record: dict) -> Volume:
         """A label map on the preprocessed grid -> a Volume on the source image's grid (same dtype).

@@ -7,8 +7,9 @@ no transform it is exactly `volume[start:start + P]`. Transforms act about the p
     x = c + t + M @ (o - (P - 1) / 2) + d(o)
 
 with M = rotation @ scale @ flip (3x3, axes z, y, x), t a translation and d a smooth displacement field (voxels).
-Only the bounding box of all x (plus the interpolation support) is read from the volume, so a memory-mapped volume
-is read in that region only. Outside the volume the image takes the pad value and the label 0.
+Only the voxels inside the bounding box of all x (plus the interpolation support) that the interpolation touches are
+read from the volume, so a memory-mapped volume is read in that region only. Outside the volume the image takes the
+pad value and the label 0.
 """
 
 from __future__ import annotations
@@ -90,13 +91,6 @@ def sample_coordinates(start_zyx, patch_zyx, matrix: np.ndarray, translation_zyx
     return coordinates
 
 
-def read_region(array: np.ndarray, box_start, box_stop) -> np.ndarray:
-    """array[..., box] as a contiguous copy, with the box clipped to the array; reads only that region of a memmap."""
-    spatial = array.shape[-3:]
-    clipped = tuple(slice(max(0, a), min(n, b)) for a, b, n in zip(box_start, box_stop, spatial, strict=True))
-    return np.ascontiguousarray(array[(..., *clipped)])
-
-
 def needed_box(coordinates: np.ndarray, spatial_zyx, margin: int):
     """Integer [start, stop) per axis covering every coordinate plus `margin` voxels of interpolation support,
     clipped to the volume (an empty box where the patch lies wholly outside)."""
@@ -116,15 +110,17 @@ class Lookup:
     Coordinates (3, *patch) are local to a crop of shape `crop_zyx`. Each crop is padded (1 voxel before, 2 after)
     with the pad value and coordinates are clipped into that border, so that every corner exists and a sample
     point beyond the volume blends with the pad value exactly as `map_coordinates(mode="grid-constant")` does.
-    A trilinear lookup gathers the voxel pairs along x as one complex64 each: four gathers instead of eight,
-    about 1.7x faster than `scipy.ndimage.map_coordinates(order=1)` on the same points.
+    Only the block of that padded crop which the points touch is built: from the lowest corner voxel to the
+    highest, plus the next voxel along an axis where some point lies between voxels (always along x). A 2D slice
+    so touches one plane of its three-plane crop, and a lookup skips the corners of an axis whose fractions are
+    all 0 (their weight is 0: the same values). A trilinear lookup gathers the voxel pairs along x as one complex64
+    each: four gathers (two for a slice) instead of eight, about 1.7x faster than `map_coordinates(order=1)`.
+    Crops may carry leading channel axes (..., Z, Y, X): every channel is looked up in one gather per corner.
     """
 
     def __init__(self, coordinates: np.ndarray, crop_zyx):
         self.crop_zyx = tuple(int(n) for n in crop_zyx)
-        self.padded_zyx = tuple(n + 3 for n in self.crop_zyx)
-        self.strides = (self.padded_zyx[1] * self.padded_zyx[2], self.padded_zyx[2], 1)
-        self.fractions = []
+        self.fractions, bases = [], []
         shifted = np.empty(coordinates.shape[1:])
         for axis, size in enumerate(self.crop_zyx):
             np.clip(coordinates[axis], -1, size, out=shifted)
@@ -132,46 +128,81 @@ class Lookup:
             base = shifted.astype(np.intp)
             shifted -= base
             self.fractions.append(shifted.astype(np.float32))
+            bases.append(base)
+        self.far = tuple(bool(fraction.any()) for fraction in self.fractions)  # some weight on the next voxel
+        self.low = tuple(int(base.min()) for base in bases)  # in padded-crop voxels (crop voxel + 1)
+        self.block_zyx = tuple(int(base.max()) - low + 1 + (self.far[axis] or axis == 2)
+                               for axis, (base, low) in enumerate(zip(bases, self.low, strict=True)))
+        self.strides = (self.block_zyx[1] * self.block_zyx[2], self.block_zyx[2], 1)
+        for axis, base in enumerate(bases):
+            base -= self.low[axis]
             base *= self.strides[axis]
             if axis == 0:
                 self.flat = base
             else:
                 self.flat += base
 
-    def _padded(self, crop: np.ndarray, pad_value, dtype) -> np.ndarray:
-        padded = np.full(self.padded_zyx, pad_value, dtype=dtype)
-        padded[1:-2, 1:-2, 1:-2] = crop
-        return padded
+    def _block(self, crop: np.ndarray, pad_value, dtype) -> np.ndarray:
+        """(..., *block_zyx) of the padded crop in `dtype`; reads only that block of `crop` (a memmap view stays
+        on disk elsewhere)."""
+        source, target = [], []
+        for low, size, n in zip(self.low, self.block_zyx, self.crop_zyx, strict=True):
+            first = min(max(low - 1, 0), n)  # the crop voxels inside the block: [first, last)
+            last = max(min(low - 1 + size, n), first)
+            source.append(slice(first, last))
+            target.append(slice(first - low + 1, last - low + 1))
+        block = np.empty((*crop.shape[:-3], *self.block_zyx), dtype=dtype)
+        if any(t.stop - t.start < size for t, size in zip(target, self.block_zyx, strict=True)):
+            block.fill(pad_value)  # the block reaches into the border
+        block[(..., *target)] = crop[(..., *source)]
+        return block
+
+    def _channel_index(self, index: np.ndarray, block: np.ndarray) -> np.ndarray:
+        """`index` (*patch) into one flattened block, extended to every leading channel of `block`: (..., *patch)."""
+        if block.ndim == 3:
+            return index
+        channels = int(np.prod(block.shape[:-3]))
+        size = int(np.prod(self.block_zyx))
+        offsets = (np.arange(channels, dtype=np.intp) * size).reshape(channels, *([1] * index.ndim))
+        return (index + offsets).reshape(*block.shape[:-3], *index.shape)
 
     def linear(self, crop: np.ndarray, pad_value: float) -> np.ndarray:
-        """(*patch) float32 trilinear interpolation of the (Z, Y, X) crop."""
-        padded = self._padded(crop, pad_value, np.float32)
-        pairs = np.empty((*self.padded_zyx, 2), dtype=np.float32)
-        pairs[..., 0] = padded
-        pairs[..., :-1, 1] = padded[..., 1:]
+        """(..., *patch) float32 trilinear interpolation of the (..., Z, Y, X) crop."""
+        block = self._block(crop, pad_value, np.float32)
+        pairs = np.empty((*block.shape, 2), dtype=np.float32)
+        pairs[..., 0] = block
+        pairs[..., :-1, 1] = block[..., 1:]
         pairs[..., -1, 1] = pad_value
         values = pairs.view(np.complex64).reshape(-1)
+        index = self._channel_index(self.flat, block)
         fz, fy, fx = self.fractions
 
         def along_x(offset: int) -> np.ndarray:
-            pair = np.take(values[offset:], self.flat)  # an offset view, so no shifted index array is built
+            pair = np.take(values[offset:], index)  # an offset view, so no shifted index array is built
             low = pair.real
             return low + fx * (pair.imag - low)
 
         sz, sy = self.strides[0], self.strides[1]
-        near, far = along_x(0), along_x(sy)
-        near += fy * (far - near)
-        back, far = along_x(sz), along_x(sz + sy)
-        back += fy * (far - back)
-        near += fz * (back - near)
+        near = along_x(0)
+        if self.far[1]:
+            far = along_x(sy)
+            near += fy * (far - near)
+        if self.far[0]:
+            back = along_x(sz)
+            if self.far[1]:
+                far = along_x(sz + sy)
+                back += fy * (far - back)
+            near += fz * (back - near)
         return near
 
-    def nearest(self, crop: np.ndarray, pad_value=0) -> np.ndarray:
-        """(*patch) crop at the nearest voxel (halves round up), in the crop's dtype."""
+    def nearest(self, crop: np.ndarray, pad_value=0, dtype=None) -> np.ndarray:
+        """(..., *patch) crop at the nearest voxel (halves round up), in `dtype` (default the crop's)."""
         index = self.flat.copy()
-        for fraction, stride in zip(self.fractions, self.strides, strict=True):
-            index += (fraction >= 0.5) * stride
-        return np.take(self._padded(crop, pad_value, crop.dtype).reshape(-1), index)
+        for fraction, stride, far in zip(self.fractions, self.strides, self.far, strict=True):
+            if far:
+                index += (fraction >= 0.5) * stride
+        block = self._block(crop, pad_value, crop.dtype if dtype is None else dtype)
+        return np.take(block.reshape(-1), self._channel_index(index, block))
 
 
 def resample_patch(image_czyx: np.ndarray, label_zyx: np.ndarray | None, coordinates: np.ndarray, *,
@@ -179,30 +210,35 @@ def resample_patch(image_czyx: np.ndarray, label_zyx: np.ndarray | None, coordin
     """Interpolate every image channel (float32) and the label at `coordinates` (3, *patch; shifted in place),
     once each.
 
-    Only the needed box of the inputs is read. Images: nearest (order 0), trilinear (1) or cubic spline (3, with
-    scipy's map_coordinates). The label is nearest or, with "one_hot_linear", the value whose one-hot
-    interpolates highest (ties go to the lower value).
+    Only the needed box of the inputs is read (for linear and nearest images, only the voxels the points touch).
+    Images: nearest (order 0), trilinear (1), every channel at once, or cubic spline (3, with scipy's
+    map_coordinates). The label is nearest or, with "one_hot_linear", the value whose one-hot interpolates
+    highest (ties go to the lower value).
     """
     patch = coordinates.shape[1:]
     starts, stops = needed_box(coordinates, image_czyx.shape[-3:], margin=1 if image_order <= 1 else 3)
     local = coordinates  # shifted in place to the crop's frame
     local -= np.asarray(starts, dtype=float).reshape(3, 1, 1, 1)
-    image_crop = read_region(image_czyx, starts, stops).astype(np.float32, copy=False)
-    lookup = Lookup(local, image_crop.shape[1:])
-    image = np.empty((image_czyx.shape[0], *patch), dtype=np.float32)
-    for channel in range(image.shape[0]):
-        if image_order == 1:
-            image[channel] = lookup.linear(image_crop[channel], pad_value)
-        elif image_order == 0:
-            image[channel] = lookup.nearest(image_crop[channel], pad_value)
-        else:  # values beyond the volume are the pad value and take part, as if the volume had been padded
+    box = tuple(slice(a, b) for a, b in zip(starts, stops, strict=True))
+    # views, as plain ndarrays (a memmap's views would each run its bookkeeping): the lookups read what they touch
+    image_box = np.asarray(image_czyx[(..., *box)])
+    lookup = Lookup(local, image_box.shape[1:])
+    if image_order == 1:
+        image = lookup.linear(image_box, pad_value)
+    elif image_order == 0:
+        image = lookup.nearest(image_box, pad_value, np.float32)
+    else:  # values beyond the volume are the pad value and take part, as if the volume had been padded
+        image_crop = np.ascontiguousarray(image_box, dtype=np.float32)
+        image = np.empty((image_czyx.shape[0], *patch), dtype=np.float32)
+        for channel in range(image.shape[0]):
             ndimage.map_coordinates(image_crop[channel], local, output=image[channel], order=3,
                                     mode="grid-constant", cval=pad_value)
     if label_zyx is None:
         return image, None
-    label_crop = read_region(label_zyx, starts, stops)
+    label_box = np.asarray(label_zyx[box])
     if label_mode == "nearest":
-        return image, lookup.nearest(label_crop)
+        return image, lookup.nearest(label_box)
+    label_crop = np.ascontiguousarray(label_box)
     label = np.zeros(patch, dtype=label_zyx.dtype)
     best = np.full(patch, -1.0, dtype=np.float32)
     for value in np.union1d(np.unique(label_crop), [0]).astype(label_zyx.dtype):  # lowest first: ties stay low
@@ -213,13 +249,22 @@ def resample_patch(image_czyx: np.ndarray, label_zyx: np.ndarray | None, coordin
     return image, label
 
 
-def crop_patch(array: np.ndarray, start_zyx, patch_zyx, pad_value: float) -> np.ndarray:
-    """array[..., start:start + patch] exactly (no interpolation), padded with `pad_value` outside the volume."""
+def crop_patch(array: np.ndarray, start_zyx, patch_zyx, pad_value: float, flip_axes=()) -> np.ndarray:
+    """array[..., start:start + patch] exactly (no interpolation), padded with `pad_value` outside the volume and
+    then flipped along the spatial axes `flip_axes` (0 z, 1 y, 2 x), in one copy of the region."""
     stop = [s + p for s, p in zip(start_zyx, patch_zyx, strict=True)]
-    region = read_region(array, start_zyx, stop)
-    out = np.full((*array.shape[:-3], *patch_zyx), pad_value, dtype=array.dtype)
     spatial = array.shape[-3:]
-    target = tuple(slice(max(0, -s), max(0, -s) + max(0, min(n, e) - max(0, s)))
-                   for s, e, n in zip(start_zyx, stop, spatial, strict=True))
+    source, target = [], []
+    for axis, (s, e, n, p) in enumerate(zip(start_zyx, stop, spatial, patch_zyx, strict=True)):
+        first, last = max(0, s), max(max(0, s), min(n, e))
+        a, b = first - s, last - s  # where the region lies in the patch
+        source.append(slice(first, last))
+        target.append(slice(p - b, p - a) if axis in flip_axes else slice(a, b))
+    region = array[(..., *source)]
+    if flip_axes:
+        region = np.flip(region, axis=tuple(a - 3 for a in flip_axes))
+    out = np.empty((*array.shape[:-3], *patch_zyx), dtype=array.dtype)
+    if any(t.stop - t.start < p for t, p in zip(target, patch_zyx, strict=True)):
+        out.fill(pad_value)  # the patch reaches beyond the volume
     out[(..., *target)] = region
     return out

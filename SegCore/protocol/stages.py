@@ -1,0 +1,82 @@
+"""Which stages run, and the plan of each: the study's stage plans with "@<stage>" references resolved.
+
+    stages = select_stages(study.protocol, fold=0)          # the stages of fold 0 (and those of no fold)
+    plan = train_plan(study, stage, data=Path("LA"), out=Path("RUN"), tiny=True, overrides=["optim.lr=1e-3"])
+
+A train stage's plan is resolved as `segcore train` resolves one: defaults < the study preset < the stage's
+plan < --tiny < --set < the data folder and the study (SegCore.training.config.resolve_plan).
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+from SegCore.errors import SegCoreError
+from SegCore.studies.schema import STAGE_KINDS, Stage, Study
+
+REFERENCE = "@"  # "@<stage>" in a stage plan: that train stage's best.pt
+
+
+def check_protocol(study: Study) -> None:
+    """Every stage name unique, every kind known, every reference and model an earlier train stage."""
+    if not study.protocol:
+        raise SegCoreError(f"the {study.name} study has no protocol to run", fix="train with segcore train")
+    seen: dict[str, Stage] = {}
+    for stage in study.protocol:
+        if stage.kind not in STAGE_KINDS or stage.name in seen or not stage.name or "/" in stage.name:
+            raise ValueError(f"{study.name}: bad stage {stage.name!r} ({stage.kind}) in the protocol")
+        for name in (*stage.models, *references(stage.plan)):
+            if name not in seen or seen[name].kind != "train":
+                raise ValueError(f"{study.name}: stage {stage.name!r} uses {name!r}, not an earlier train stage")
+        if stage.kind == "test" and not stage.models:
+            raise ValueError(f"{study.name}: test stage {stage.name!r} names no models")
+        seen[stage.name] = stage
+
+
+def references(value) -> list[str]:
+    """The stage names a plan refers to with "@<stage>", in order of appearance."""
+    if isinstance(value, str):
+        return [value[1:]] if value.startswith(REFERENCE) else []
+    if isinstance(value, dict):
+        return [name for item in value.values() for name in references(item)]
+    if isinstance(value, (list, tuple)):
+        return [name for item in value for name in references(item)]
+    return []
+
+
+def resolve_references(value, out: Path):
+    """A copy of `value` with every "@<stage>" replaced by the absolute path of RUN/<stage>/best.pt."""
+    if isinstance(value, str) and value.startswith(REFERENCE):
+        return str((out / value[1:] / "best.pt").absolute())
+    if isinstance(value, dict):
+        return {key: resolve_references(item, out) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [resolve_references(item, out) for item in value]
+    return copy.deepcopy(value)
+
+
+def folds_of(protocol: tuple[Stage, ...]) -> list[int]:
+    return sorted({stage.fold for stage in protocol if stage.fold is not None})
+
+
+def select_stages(protocol: tuple[Stage, ...], fold: int | None = None) -> list[Stage]:
+    """The stages to run: all, or those of `fold` and those of no fold (SegCoreError listing the folds)."""
+    if fold is None:
+        return list(protocol)
+    folds = folds_of(protocol)
+    if fold not in folds:
+        raise SegCoreError(f"the protocol has no fold {fold}" + (f"; its folds are {folds}" if folds else
+                                                                 ": it is not cross-validated"),
+                           fix="leave out --fold" if not folds else f"use --fold {folds[0]} ... {folds[-1]}")
+    return [stage for stage in protocol if stage.fold in (None, fold)]
+
+
+def train_plan(study: Study, stage: Stage, *, data: Path, out: Path, tiny: bool, overrides: list[str],
+               device: str | None = None) -> dict:
+    """The resolved plan of train stage `stage` (SegCoreError for a bad override or data folder)."""
+    from SegCore.training.config import resolve_plan
+
+    config = {**resolve_references(stage.plan, out), "study": study.name}
+    flags = {"data": str(Path(data).absolute()), "study": study.name, "device": device}
+    return resolve_plan(config, overrides=overrides, flags=flags, tiny=tiny)
