@@ -51,7 +51,8 @@ def test_preset_resolves_with_the_study_numbers(phantom):
     arguments = plan["model"]["arguments"]
     assert plan["model"]["name"] == "rstn" and arguments["slices"] == 3 and arguments["width_multiplier"] == 1
     assert (arguments["margin"], arguments["random_margin_prob"], arguments["random_margin_max"]) == (20, 0.5, 40)
-    assert plan["sampler"]["kind"] == "stack25d" and plan["sampler"]["k"] == 3
+    # Data.py: the whole slice, 3 of them, each with its own label
+    assert plan["sampler"] == {**plan["sampler"], "kind": "stack25d", "k": 3, "size_yx": None, "labels": "stack"}
     optim = plan["optim"]
     assert (optim["name"], optim["lr"], optim["momentum"], optim["weight_decay"]) == ("sgd", 1e-5, 0.99, 5e-4)
     assert plan["training"]["batch_size"] == 1 and plan["training"]["clip_grad_norm"] is None
@@ -72,6 +73,18 @@ def test_preset_resolves_with_the_study_numbers(phantom):
     for name, (lr, decay) in expected.items():
         assert math.isclose(got[name][0], lr, rel_tol=1e-12) and got[name][1] == decay, name
     assert not any("upscore" in name for name in got)  # the bilinear upsampling is not trained (as the study)
+
+
+def test_stack_labels_follow_the_network(phantom):
+    """stack25d's labels: every slice's for the RSTN (one map per slice), the centre slice's for a 2D U-Net."""
+    config = {"data": {"root": str(phantom)}}
+    unet = {**config, "model": {"name": "unet2d", "arguments": {}}, "sampler": {"kind": "stack25d", "size_yx": None}}
+    assert resolve_plan(unet, flags={"study": "pancreas"}, overrides=["sampler.labels=auto"])["sampler"]["labels"] \
+        == "centre"
+    with pytest.raises(SegCoreError, match="labels 'stack' does not suit unet2d"):
+        resolve_plan(unet, flags={"study": "pancreas"})
+    with pytest.raises(SegCoreError, match="labels 'centre' does not suit rstn"):
+        resolve_plan(config, flags={"study": "pancreas"}, overrides=["sampler.labels=centre"])
 
 
 def test_stage_plans_set_plane_mode_epochs_and_initialisation(phantom, tmp_path):
@@ -190,11 +203,8 @@ def test_training_step_is_the_study_loss():
     coarse, fine = (torch.sigmoid(out[k].double()).numpy() for k in ("coarse_logits", "fine_logits"))
     expected = study_dsc_loss(coarse, label.numpy()) / 3 + 2 * study_dsc_loss(fine, label.numpy()) / 3
     assert math.isclose(float(value.detach()), expected, rel_tol=1e-5)
-    # a sampler's centre-slice label (N, H, W) stands for the three slices
-    centre = label[:, 1]
-    with torch.no_grad():
-        assert math.isclose(float(forward_loss(model, image, centre, loss_fn)),
-                            float(forward_loss(model, image, centre[:, None].expand(-1, 3, -1, -1), loss_fn)))
+    with pytest.raises(SegCoreError, match="one per slice"):  # a centre slice's label alone is refused
+        forward_loss(model, image, label[:, 1], loss_fn)
     with pytest.raises(SegCoreError, match="mixup"):
         forward_loss(model, image, label, loss_fn, mixup=object())
 

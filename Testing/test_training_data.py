@@ -225,6 +225,63 @@ def test_slices_and_stacks_match_the_volume(axis, number, k):
             assert 0 <= centre[number] < case.label.shape[number]
 
 
+def _slab(volume: np.ndarray, axis: int, first: int, k: int) -> np.ndarray:
+    """Slices first .. first + k - 1 of `volume` (..., Z, Y, X) along spatial `axis`, zeros past the ends, moved
+    to the front of the spatial axes: numpy slicing, the oracle of the stack samplers."""
+    planes = np.moveaxis(volume, volume.ndim - 3 + axis, -3)
+    out = np.zeros((*planes.shape[:-3], k, *planes.shape[-2:]), volume.dtype)
+    for j in range(k):
+        if 0 <= first + j < planes.shape[-3]:
+            out[..., j, :, :] = planes[..., first + j, :, :]
+    return out
+
+
+@pytest.mark.parametrize("axis,number", [("axial", 0), ("coronal", 1), ("sagittal", 2)])
+def test_stack_of_labels_and_whole_planes_through_the_organ(axis, number):
+    """labels "stack": every slice's label; size_yx None with foreground_fraction 1: the whole plane, unshifted,
+    its centre slice through a label voxel (only the slice is chosen from the voxel)."""
+    case = _coordinate_case(shape=(6, 8, 10))
+    k = 3
+    spec = {"kind": "stack25d", "axis": axis, "k": k, "size_yx": None, "foreground_fraction": 1.0, "labels": "stack"}
+    loader = build_loader([case], Sampler(spec), Augmentation.off(), batch_size=4, steps_per_epoch=6, seed=2)
+    plane = [n for a, n in enumerate(case.shape_zyx) if a != number]
+    for images, labels, info in loader.epoch(0, info=True):
+        assert images.shape == (4, 2 * k, *plane) and labels.shape == (4, k, *plane)
+        for image, label, start, value in zip(images.numpy(), labels.numpy(), info["start_zyx"], info["class"],
+                                              strict=True):
+            first = start[number]
+            assert [v for a, v in enumerate(start) if a != number] == [0, 0]
+            assert np.array_equal(image.reshape(2, k, *plane), _slab(case.image, number, first, k))
+            assert np.array_equal(label, _slab(case.label, number, first, k))
+            assert value in (1, 2) and (label[k // 2] == value).any()
+    with pytest.raises(SegCoreError, match="unknown labels"):
+        Sampler({**spec, "labels": "all"})
+
+
+def test_window_spanning_one_side_whole_is_shifted_along_the_other_only():
+    case = _coordinate_case(shape=(6, 8, 10))
+    spec = {"kind": "slice2d", "axis": "axial", "size_yx": [8, 5], "foreground_fraction": 1.0}
+    loader = build_loader([case], Sampler(spec), Augmentation.off(), batch_size=4, steps_per_epoch=6, seed=3)
+    for _, labels, info in loader.epoch(0, info=True):
+        for label, start, value in zip(labels.numpy(), info["start_zyx"], info["class"], strict=True):
+            assert start[1] == 0  # y: the whole side
+            z, x = start[0], start[2] + 5 // 2  # the voxel: this slice, the window's centre column
+            assert (case.label[z, :, x] == value).any() and np.array_equal(label[:, 5 // 2], case.label[z, :, x])
+
+
+def test_whole_plane_windows_follow_each_case():
+    """size_yx None: each case's own plane, whatever the other cases' sizes."""
+    cases = [_coordinate_case(shape=(6, 8, 10), seed=0), _coordinate_case(shape=(9, 7, 10), seed=1)]
+    spec = {"kind": "stack25d", "axis": "coronal", "k": 3, "labels": "stack"}
+    sampler = Sampler(spec)
+    for case in cases:
+        loader = build_loader([case], sampler, Augmentation.off(), batch_size=1, steps_per_epoch=3, seed=0)
+        for images, labels, info in loader.epoch(0, info=True):
+            first = info["start_zyx"][0][1]
+            assert labels.shape == (1, 3, case.shape_zyx[0], case.shape_zyx[2])
+            assert np.array_equal(images[0].numpy().reshape(2, 3, *labels.shape[2:]), _slab(case.image, 1, first, 3))
+
+
 def test_whole_and_crop_samplers(cached):
     case = cached[0]
     whole = build_loader([case], Sampler({"kind": "whole"}), None, batch_size=2, steps_per_epoch=1, seed=0)

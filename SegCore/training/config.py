@@ -214,7 +214,8 @@ def set_key(plan: dict, dotted: str, value) -> None:
 
 def make_tiny(plan: dict) -> dict:
     """A copy of `plan` small enough to train in a minute on a CPU: the network's `small` widths, small patches
-    or slices (and crops; pad steps lose their minimum size), 2 epochs of 2 steps, batch 2 without accumulation, no workers, a checkpoint every step."""
+    or slices (and crops; pad steps lose their minimum size), 2 epochs of 2 steps, batch 2 without
+    accumulation, no workers, a checkpoint every step."""
     from SegCore.models import MODELS
 
     plan = copy.deepcopy(plan)
