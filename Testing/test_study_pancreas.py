@@ -351,35 +351,65 @@ def test_fold0_trains_nine_stages_in_order_and_tests_them(run, small):
     assert report["overall"]["coarse2fine"]["reference"]["round-at-0.99/pancreas"]["per_fold"].keys() == {"0"}
 
 
-# --- learning: longer than a CPU test may take ---------------------------------------------------------------------
-# The FCN-8s of the RSTN starts from scratch (the study's PASCAL weights are gone) and learns slowly: on this
-# 2-core CPU these settings reached a held-out Dice of 0.21 in about 250 s (three stages of 200 steps), where the
-# tiny --tiny runs above reach chance. So the learning check runs where CUDA is. Chance: an all-foreground mask
-# scores 2|G| / (|G| + N), about 0.013 here (the pancreas is 0.6 % of the volume); an empty one 0.
-LEARN = ["optim.name=adam", "optim.lr=3e-4", "optim.groups=[]", "optim.bias_lr_scale=1", "training.epochs=2",
-         "training.steps_per_epoch=100", "training.checkpoint_every_steps=0", "sampler.size_yx=[96,96]",
-         "model.arguments.dropout=0", "model.arguments.margin=6", "model.arguments.random_margin_max=12",
-         "inference.coarse_to_fine.max_rounds=3"]
+# --- learning: one plane's S -> I -> J on the CPU, then the coarse-to-fine Predictor ---------------------------------
+# The demo's short-run settings (STUDY.demo: a zoomed phantom, whole 96 x 96 planes, Dice + cross-entropy, Adam
+# warmed up then decayed, no dropout, 40 px boxes; each with its reason in SegCore/studies/pancreas.py) on the
+# axial plane alone, over --tiny. What they change from the preset:
+SHORT_RUN = {"sampler.size_yx": None, "training.batch_size": 2, "training.epochs": 5, "loss.name": "dice_ce",
+             "optim.name": "adam", "optim.lr": 5e-4, "optim.weight_decay": 0, "optim.groups": [],
+             "schedule.name": "poly", "schedule.warmup_epochs": 1, "model.arguments.dropout": 0,
+             "model.arguments.margin": 40, "model.arguments.random_margin_max": 80}
+LEARN_STEPS = {"S": 6, "I": 3, "J": 15}  # per epoch: 30, 15 and 75 steps (the demo: 60 each, on 3 planes)
 
 
-@pytest.mark.gpu
-def test_axial_rstn_trained_s_i_j_beats_chance_on_the_held_out_case(tmp_path_factory):
-    from SegCore.inference import Predictor
+def _value(text: str):
+    """A --set value as the plan reads it: JSON, else the text itself."""
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
+
+
+def test_the_demo_states_its_short_run_settings():
+    overrides = {key: _value(value) for key, _, value in (o.partition("=") for o in STUDY.demo["overrides"])}
+    assert overrides.items() >= SHORT_RUN.items() and STUDY.demo["phantom"] == {"zoom": 2.0}
+    assert STUDY.demo["fold"] == 0 and STUDY.demo["cases"] == 8
+
+
+@pytest.fixture(scope="module")
+def learned(tmp_path_factory):
+    """8 zoomed phantom cases (fold 0 holds out cases 1 and 2); the axial S, I and J stages trained in order."""
     from SegCore.phantoms import write_phantom_dataset
     from SegCore.training.trainer import train_from_plan
 
     root = tmp_path_factory.mktemp("learn")
-    data = write_phantom_dataset("pancreas", root / "NIH", cases=4, seed=0, size_zyx=(24, 96, 96))
+    data = write_phantom_dataset("pancreas", root / "NIH", cases=8, seed=1, size_zyx=(16, 96, 96),
+                                 **STUDY.demo["phantom"])
     for mode in "SIJ":
-        plan = train_plan(STUDY, stage(f"fold0-Z-{mode}"), data=data, out=root / "RUN", tiny=True, overrides=LEARN,
-                          device="cuda")
+        plan = train_plan(STUDY, stage(f"fold0-Z-{mode}"), data=data, out=root / "RUN", tiny=True, device="cpu",
+                          overrides=[*STUDY.demo["overrides"], f"training.steps_per_epoch={LEARN_STEPS[mode]}"])
+        assert plan["loss"]["name"] == "dice_ce" and plan["sampler"]["size_yx"] is None
         train_from_plan(plan, root / "RUN" / f"fold0-Z-{mode}")
-    predictor = Predictor([root / "RUN" / "fold0-Z-J" / "best.pt"], device="cuda")
-    (case,) = [c for c in open_dataset(data).cases if c.case_id == "PANCREAS_0001"]  # fold 0's held-out case
-    image, reference = load_case(case)
-    prediction = predictor.predict(image)
-    assert prediction.label.grid.same_as(image.grid)
-    truth, guess = reference.array > 0, prediction.label.array > 0
-    chance = 2 * truth.sum() / (truth.sum() + truth.size)
-    dice = 2 * (truth & guess).sum() / (truth.sum() + guess.sum())
-    assert chance < 0.05 and dice > 0.1, (dice, chance)
+    return data, root / "RUN" / "fold0-Z-J" / "best.pt"
+
+
+def test_axial_rstn_trained_s_i_j_beats_chance_on_held_out_cases(learned):
+    """Chance: an all-foreground mask scores 2|G| / (|G| + N) (0.066 and 0.078 here), an empty one 0, a mask off
+    the organ (a flipped axis, a shifted grid) about 0. Reached: 0.42 and 0.40 (training seeds 1 to 3: 0.37 to
+    0.41; the all-body mask the Dice loss alone gets stuck on: 0.12)."""
+    from SegCore.inference import Predictor
+
+    data, model = learned
+    predictor = Predictor([model], device="cpu")
+    held_out = [c for c in open_dataset(data).cases if c.case_id in ("PANCREAS_0001", "PANCREAS_0002")]
+    dice, chance = [], []
+    for case in held_out:
+        image, reference = load_case(case)
+        prediction = predictor.predict(image)
+        assert prediction.label.grid.same_as(image.grid) and prediction.info["planes"] == ["axial"]
+        truth, guess = reference.array > 0, prediction.label.array > 0
+        chance.append(2 * truth.sum() / (truth.sum() + truth.size))
+        dice.append(2 * (truth & guess).sum() / (truth.sum() + guess.sum()))
+    assert len(dice) == 2 and max(chance) < 0.12
+    floor = [max(0.2, 3 * c) for c in chance]
+    assert np.mean(dice) > 0.3 and all(d > f for d, f in zip(dice, floor, strict=True)), (dice, chance)

@@ -400,9 +400,10 @@ def test_even_batch_and_bad_settings_are_refused(cached):
 @pytest.mark.parametrize("workers", [0, 2])
 def test_a_worker_error_arrives_as_one_segcore_error(workers):
     cases = [_coordinate_case((9, 11, 13)), _coordinate_case((9, 12, 13), seed=1)]
-    loader = build_loader(cases, Sampler({"kind": "whole"}), None, batch_size=4, steps_per_epoch=2, seed=0,
-                          workers=workers)
-    with pytest.raises(SegCoreError, match="differ in size") as caught:
+    # closed here: the traceback keeps the loader in a reference cycle, and a DataLoader iterator that a later
+    # collection finds waits 5 s per worker to end it (the cycle's queues are closed before its __del__ runs)
+    with build_loader(cases, Sampler({"kind": "whole"}), None, batch_size=4, steps_per_epoch=2, seed=0,
+                      workers=workers) as loader, pytest.raises(SegCoreError, match="differ in size") as caught:
         list(loader.epoch(0))
     assert "\n" not in str(caught.value) and "Traceback" not in str(caught.value)
 

@@ -11,7 +11,9 @@ Sample i of the batch of `step` on `rank` is global sample n = step * batch_size
 resumes an epoch exactly where a checkpoint left it, and the ranks of a distributed run take disjoint shares of
 the same global batch that one process with `batch_size * world_size` would draw. Workers are seeded from
 (seed, rank, worker) too, only to keep code that uses global generators repeatable; the DataLoader gets its own
-torch generator so it never draws from the main process's global one.
+torch generator so it never draws from the main process's global one. Workers write batches into shared memory
+they reuse once the consumer has let go of a batch (SegCore/training/batch_pool.py): fresh shared memory for every
+batch cost more than making the batch.
 """
 
 from __future__ import annotations

@@ -115,7 +115,8 @@ class Lookup:
     so touches one plane of its three-plane crop, and a lookup skips the corners of an axis whose fractions are
     all 0 (their weight is 0: the same values). A trilinear lookup gathers the voxel pairs along x as one complex64
     each: four gathers (two for a slice) instead of eight, about 1.7x faster than `map_coordinates(order=1)`.
-    Crops may carry leading channel axes (..., Z, Y, X): every channel is looked up in one gather per corner.
+    Channels are looked up one at a time: arrays of all of them at once are slower (beyond the cache, and beyond
+    malloc's threshold for reusing memory, so fresh pages, each a page fault).
     """
 
     def __init__(self, coordinates: np.ndarray, crop_zyx):
@@ -141,44 +142,35 @@ class Lookup:
                 self.flat = base
             else:
                 self.flat += base
+        self._nearest = None
 
     def _block(self, crop: np.ndarray, pad_value, dtype) -> np.ndarray:
-        """(..., *block_zyx) of the padded crop in `dtype`; reads only that block of `crop` (a memmap view stays
-        on disk elsewhere)."""
+        """(*block_zyx) of the padded (Z, Y, X) crop in `dtype`; reads only that block of `crop` (a memmap view
+        stays on disk elsewhere)."""
         source, target = [], []
         for low, size, n in zip(self.low, self.block_zyx, self.crop_zyx, strict=True):
             first = min(max(low - 1, 0), n)  # the crop voxels inside the block: [first, last)
             last = max(min(low - 1 + size, n), first)
             source.append(slice(first, last))
             target.append(slice(first - low + 1, last - low + 1))
-        block = np.empty((*crop.shape[:-3], *self.block_zyx), dtype=dtype)
+        block = np.empty(self.block_zyx, dtype=dtype)
         if any(t.stop - t.start < size for t, size in zip(target, self.block_zyx, strict=True)):
             block.fill(pad_value)  # the block reaches into the border
-        block[(..., *target)] = crop[(..., *source)]
+        block[tuple(target)] = crop[tuple(source)]
         return block
 
-    def _channel_index(self, index: np.ndarray, block: np.ndarray) -> np.ndarray:
-        """`index` (*patch) into one flattened block, extended to every leading channel of `block`: (..., *patch)."""
-        if block.ndim == 3:
-            return index
-        channels = int(np.prod(block.shape[:-3]))
-        size = int(np.prod(self.block_zyx))
-        offsets = (np.arange(channels, dtype=np.intp) * size).reshape(channels, *([1] * index.ndim))
-        return (index + offsets).reshape(*block.shape[:-3], *index.shape)
-
     def linear(self, crop: np.ndarray, pad_value: float) -> np.ndarray:
-        """(..., *patch) float32 trilinear interpolation of the (..., Z, Y, X) crop."""
+        """(*patch) float32 trilinear interpolation of the (Z, Y, X) crop."""
         block = self._block(crop, pad_value, np.float32)
         pairs = np.empty((*block.shape, 2), dtype=np.float32)
         pairs[..., 0] = block
         pairs[..., :-1, 1] = block[..., 1:]
         pairs[..., -1, 1] = pad_value
         values = pairs.view(np.complex64).reshape(-1)
-        index = self._channel_index(self.flat, block)
         fz, fy, fx = self.fractions
 
         def along_x(offset: int) -> np.ndarray:
-            pair = np.take(values[offset:], index)  # an offset view, so no shifted index array is built
+            pair = np.take(values[offset:], self.flat)  # an offset view, so no shifted index array is built
             low = pair.real
             return low + fx * (pair.imag - low)
 
@@ -195,14 +187,14 @@ class Lookup:
             near += fz * (back - near)
         return near
 
-    def nearest(self, crop: np.ndarray, pad_value=0, dtype=None) -> np.ndarray:
-        """(..., *patch) crop at the nearest voxel (halves round up), in `dtype` (default the crop's)."""
-        index = self.flat.copy()
-        for fraction, stride, far in zip(self.fractions, self.strides, self.far, strict=True):
-            if far:
-                index += (fraction >= 0.5) * stride
-        block = self._block(crop, pad_value, crop.dtype if dtype is None else dtype)
-        return np.take(block.reshape(-1), self._channel_index(index, block))
+    def nearest(self, crop: np.ndarray, pad_value=0) -> np.ndarray:
+        """(*patch) crop at the nearest voxel (halves round up), in the crop's dtype."""
+        if self._nearest is None:  # the same for every crop: made once
+            self._nearest = self.flat.copy()
+            for fraction, stride, far in zip(self.fractions, self.strides, self.far, strict=True):
+                if far:
+                    self._nearest += (fraction >= 0.5) * stride
+        return np.take(self._block(crop, pad_value, crop.dtype).reshape(-1), self._nearest)
 
 
 def resample_patch(image_czyx: np.ndarray, label_zyx: np.ndarray | None, coordinates: np.ndarray, *,
@@ -211,9 +203,8 @@ def resample_patch(image_czyx: np.ndarray, label_zyx: np.ndarray | None, coordin
     once each.
 
     Only the needed box of the inputs is read (for linear and nearest images, only the voxels the points touch).
-    Images: nearest (order 0), trilinear (1), every channel at once, or cubic spline (3, with scipy's
-    map_coordinates). The label is nearest or, with "one_hot_linear", the value whose one-hot interpolates
-    highest (ties go to the lower value).
+    Images: nearest (order 0), trilinear (1) or cubic spline (3, with scipy's map_coordinates). The label is
+    nearest or, with "one_hot_linear", the value whose one-hot interpolates highest (ties go to the lower value).
     """
     patch = coordinates.shape[1:]
     starts, stops = needed_box(coordinates, image_czyx.shape[-3:], margin=1 if image_order <= 1 else 3)
@@ -223,16 +214,15 @@ def resample_patch(image_czyx: np.ndarray, label_zyx: np.ndarray | None, coordin
     # views, as plain ndarrays (a memmap's views would each run its bookkeeping): the lookups read what they touch
     image_box = np.asarray(image_czyx[(..., *box)])
     lookup = Lookup(local, image_box.shape[1:])
-    if image_order == 1:
-        image = lookup.linear(image_box, pad_value)
-    elif image_order == 0:
-        image = lookup.nearest(image_box, pad_value, np.float32)
-    else:  # values beyond the volume are the pad value and take part, as if the volume had been padded
-        image_crop = np.ascontiguousarray(image_box, dtype=np.float32)
-        image = np.empty((image_czyx.shape[0], *patch), dtype=np.float32)
-        for channel in range(image.shape[0]):
-            ndimage.map_coordinates(image_crop[channel], local, output=image[channel], order=3,
-                                    mode="grid-constant", cval=pad_value)
+    image = np.empty((image_czyx.shape[0], *patch), dtype=np.float32)
+    for channel in range(image.shape[0]):
+        if image_order == 1:
+            image[channel] = lookup.linear(image_box[channel], pad_value)
+        elif image_order == 0:  # the crop in float32 first, so that the pad value is cast as before
+            image[channel] = lookup.nearest(image_box[channel].astype(np.float32, copy=False), pad_value)
+        else:  # values beyond the volume are the pad value and take part, as if the volume had been padded
+            ndimage.map_coordinates(np.ascontiguousarray(image_box[channel], dtype=np.float32), local,
+                                    output=image[channel], order=3, mode="grid-constant", cval=pad_value)
     if label_zyx is None:
         return image, None
     label_box = np.asarray(label_zyx[box])
