@@ -2,7 +2,8 @@
 and code (bragancas/VNet_PyTorch-Atriaseg2018), the locator trained on exactly what `locate_box` feeds it, and
 both stages trained on a phantom, then located, cropped, segmented and pasted back onto the input grid.
 
-The phantom: 6 cases of 32 x 64 x 64 voxels (~3 mm in-plane), 3 folds, so fold 0 holds 2 cases out; the locator
+The phantom: 7 cases of 32 x 64 x 64 voxels (~3 mm in-plane), 6 in the Training Set and 1 in the Testing Set
+(in no fold), 3 folds, so fold 0 holds 2 cases out; the locator
 sees them at 16 x 16 x 16. Oracles: the README's and code's numbers, torch's F.interpolate, SimpleITK's reading of
 the written NRRD, and the study's own alpha loop and focal formula rewritten here.
 """
@@ -48,7 +49,7 @@ def study_alphas(epochs: int) -> list[float]:
 def phantom(tmp_path_factory):
     from SegCore.phantoms import write_phantom_dataset
 
-    return write_phantom_dataset("atrium", tmp_path_factory.mktemp("atrium") / "LA", cases=6, size_zyx=SHAPE_ZYX,
+    return write_phantom_dataset("atrium", tmp_path_factory.mktemp("atrium") / "LA", cases=7, size_zyx=SHAPE_ZYX,
                                  seed=0)
 
 
@@ -119,6 +120,22 @@ def test_preset_and_locator_stage_hold_the_published_values(phantom):
         grid = Grid((88, side, side), (0.625, 0.625, 0.625), (0.0, 0.0, 0.0), ((1, 0, 0), (0, 1, 0), (0, 0, 1)))
         assert Preprocessing(plan["preprocessing"]).output_grid(grid).shape_zyx == (96, 640, 640)
         assert Preprocessing(locator["preprocessing"]).output_grid(grid).shape_zyx == (48, 160, 160)
+
+
+def test_the_labelled_testing_set_never_joins_a_fold_and_a_test_stage_can_score_it(phantom):
+    from SegCore.studies.atrium import LAYOUT
+    from SegCore.training.components import labelled_test_cases, split_cases
+
+    def folders(subset: str) -> set[str]:  # the oracle: the layout's folders on disk
+        return {entry.name for entry in (phantom / subset).iterdir() if (entry / LAYOUT.label_file).is_file()}
+
+    training, testing = folders(LAYOUT.training_folder), folders(LAYOUT.test_folder)
+    assert training and testing and not training & testing
+    dataset = open_dataset(phantom)
+    for fold in range(3):
+        train, val = split_cases(dataset, {"kind": "kfold", "folds": 3, "fold": fold, "seed": 0})
+        assert {c.case_id for c in train} | {c.case_id for c in val} == training
+    assert {c.case_id for c in labelled_test_cases(dataset)} == testing
 
 
 def test_bam_and_wider_segmenters_come_from_set_lines():

@@ -98,9 +98,10 @@ def test_the_preset_resolves_with_the_studys_published_values(phantom):
     # on the phantom (--tiny: its slices are smaller than 64): the five channels from the data, in study order
     tiny = resolve_plan({"study": "thalamus"}, flags={"data": str(phantom), "study": "thalamus"}, tiny=True)
     assert tiny["data"]["channels"] == list(get_study("thalamus").channel_names)
-    # the protocol: the views in the study's order (2 - Training.ipynb), their test, the fine-tuning, its test
+    # the protocol: the views in the study's order (2 - Training.ipynb), their test, the fine-tuning, its test,
+    # then the study's test subjects (5 - Save inference (test set _20 subjects).ipynb)
     assert [s.name for s in PROTOCOL] == ["coronal", "sagittal", "axial", "test", "finetune-coronal",
-                                          "finetune-sagittal", "finetune-axial", "test-finetuned"]
+                                          "finetune-sagittal", "finetune-axial", "test-finetuned", "test-subjects"]
     assert _stage("sagittal").plan["augmentation"]["flip_p"] == 0.0  # "Disabling sagital flip aug"
 
 
@@ -242,16 +243,18 @@ def test_a_channel_subset_trains_and_its_checkpoint_names_its_channels(phantom, 
 def test_the_protocol_trains_the_views_fuses_them_and_beats_chance_against_every_reference(protocol_run, phantom):
     report = json.loads((protocol_run / "report.json").read_text())
     tests = {record["stage"]: record for record in report["tests"]}
-    assert sorted(tests) == ["test", "test-finetuned"]
+    assert sorted(tests) == ["test", "test-finetuned", "test-subjects"]
     assert sorted(tests["test"]["dice_mean"]) == ["freesurfer", "fsl", "quicknat", "staple"]
     assert sorted(tests["test-finetuned"]["dice_mean"]) == ["freesurfer", "fsl", "manual", "quicknat", "staple"]
+    assert sorted(tests["test-subjects"]["dice_mean"]) == ["freesurfer", "fsl", "quicknat", "staple"]
     held_out = tests["test"]["cases"]
-    assert len(held_out) == 2 and set(held_out) < set((phantom / LAYOUT.training_list).read_text().split())
+    assert held_out and set(held_out) < set((phantom / LAYOUT.training_list).read_text().split())
     # chance: an empty mask scores 0, an all-thalamus mask 2|G| / (|V| + |G|)
     truth = [read_label(protocol_run / "test" / "references" / "freesurfer" / f"{c}.nii.gz").array for c in held_out]
     chance = max(2.0 * (t > 0).sum() / (t.size + (t > 0).sum()) for t in truth)
     assert chance < 0.02
-    for stage, reference in (("test", "freesurfer"), ("test", "staple"), ("test-finetuned", "manual")):
+    for stage, reference in (("test", "freesurfer"), ("test", "staple"), ("test-finetuned", "manual"),
+                             ("test-subjects", "staple")):
         assert tests[stage]["dice_mean"][reference]["model/thalamus"] > 0.5, (stage, reference)
     # the three views' mean, on each case's own grid
     rows = json.loads((protocol_run / "test" / "cases.json").read_text())
@@ -260,6 +263,16 @@ def test_the_protocol_trains_the_views_fuses_them_and_beats_chance_against_every
         image, _ = load_case(open_dataset(phantom).case(case_id))
         predicted = read_image(protocol_run / "test" / "predictions" / f"{case_id}.nii.gz")
         assert predicted.grid.mismatch(image.grid) is None and set(np.unique(predicted.array)) <= {0, 1}
+
+
+def test_the_studys_test_subjects_are_never_trained_on_and_are_segmented_last(protocol_run, phantom):
+    testing = sorted((phantom / LAYOUT.testing_list).read_text().split())
+    report = {r["stage"]: r for r in json.loads((protocol_run / "report.json").read_text())["tests"]}
+    assert len(testing) == 2 and sorted(report["test-subjects"]["cases"]) == testing
+    assert sorted(p.name.split(".")[0] for p in (protocol_run / "test-subjects" / "predictions").iterdir()) == testing
+    for stage in (*VIEWS, *(f"finetune-{view}" for view in VIEWS)):  # the cases each run prepared to train on
+        prepared = {entry.name for entry in (protocol_run / stage / "cache").glob("*/*") if entry.is_dir()}
+        assert prepared and not prepared & set(testing), stage
 
 
 def test_fine_tuning_starts_from_each_view_keeps_its_encoder_and_learns_the_manual_labels(protocol_run, phantom):

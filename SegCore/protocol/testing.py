@@ -12,9 +12,11 @@ RUN/<stage>/ then holds:
     cases.json                               per case: what the Predictor reports (strategy, rounds, seconds)
     test.json                                the stage's summary, written last: its presence marks it done
 
-The held-out cases are the validation cases of the first model's split (its plan.json). A reference is the
-dataset opened with the model's data.options updated by the stage's "references" entry (thalamus: one per
-label source); by default the one the model was trained against.
+The cases are the validation cases of the first model's split (its plan.json), or with the stage's "cases"
+"test" the labelled cases of the layout's test subset (never in a split), the dataset opened with the model's
+data.options updated by the stage's "options" (thalamus: every subject, not the fine-tuning list). A reference
+is that dataset with the options further updated by the stage's "references" entry (thalamus: one per label
+source); by default the one the model was trained against.
 """
 
 from __future__ import annotations
@@ -66,10 +68,17 @@ def open_plan_dataset(plan: dict, options: dict | None = None):
     return open_dataset(data["root"], data["layout"], **{**data["options"], **(options or {})})
 
 
-def _held_out(plan: dict):
-    from SegCore.training.components import split_cases
+TEST_CASES = ("held_out", "test")  # a test stage's "cases": the split's validation cases, or the test subset
 
-    dataset = open_plan_dataset(plan)
+
+def _cases(plan: dict, which: str, options: dict):
+    from SegCore.training.components import labelled_test_cases, split_cases
+
+    if which not in TEST_CASES:
+        raise SegCoreError(f"a test stage's cases must be one of {', '.join(TEST_CASES)}, got {which!r}")
+    dataset = open_plan_dataset(plan, options)
+    if which == "test":
+        return dataset, labelled_test_cases(dataset)
     _, held_out = split_cases(dataset, plan["split"])
     return dataset, held_out
 
@@ -96,7 +105,12 @@ def run_test_stage(stage: Stage, *, run: Path, device: str = "auto",
     if folder.exists():  # an interrupted test: its files are ours, made again from the start
         shutil.rmtree(folder)
     predictor = Predictor(paths, device=device, settings=settings)
-    dataset, cases = _held_out(plan)
+    which, case_options = stage.plan.get("cases", "held_out"), stage.plan.get("options") or {}
+    dataset, cases = _cases(plan, which, case_options)
+    if not cases and which == "test":
+        raise SegCoreError(f"test stage {stage.name!r}: the dataset's test subset holds no labelled case",
+                           path=dataset.root, fix="give the layout's test cases label files, or run --data on "
+                                                  "the whole dataset (segcore inspect shows each case's subset)")
     if not cases:
         raise SegCoreError(f"test stage {stage.name!r}: the split holds out no case to test", path=dataset.root,
                            fix="add cases (a held-out case needs a label), or change split.fold / split.folds")
@@ -115,7 +129,8 @@ def run_test_stage(stage: Stage, *, run: Path, device: str = "auto",
     for name, options in references.items():
         # the same held-out cases, labelled as this reference labels them (by id: a label source may cover only
         # some subjects, so the reopened dataset is not split again)
-        by_id = {case.case_id: case for case in (open_plan_dataset(plan, options).cases if options else cases)}
+        by_id = {case.case_id: case for case in
+                 (open_plan_dataset(plan, {**case_options, **options}).cases if options else cases)}
         for case in cases:
             if case.case_id in by_id and by_id[case.case_id].label_path is not None:
                 _write_label(load_case(by_id[case.case_id])[1], folder / "references" / name / f"{case.case_id}.nii.gz")

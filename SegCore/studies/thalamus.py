@@ -186,6 +186,12 @@ PROTOCOL = (
     Stage("test", "test", {"references": AUTOMATIC_REFERENCES}, models=VIEWS),
     *(Stage(f"finetune-{view}", "train", _fine_tuning(view)) for view in VIEWS),
     Stage("test-finetuned", "test", {"references": ALL_REFERENCES}, models=tuple(f"finetune-{v}" for v in VIEWS)),
+    # code: 5 - Save inference (test set _20 subjects).ipynb: the fine-tuned views segment the subjects of
+    # testing_subjects.txt (never trained on: SegCore.training.components.split_cases), here scored against the
+    # automatic masks they have (their manual ones were not released)
+    Stage("test-subjects", "test", {"cases": "test", "references": AUTOMATIC_REFERENCES,
+                                    "options": {"subjects_file": None, "label_source": LAYOUT.default_label_source}},
+          models=tuple(f"finetune-{v}" for v in VIEWS)),
 )
 
 # `segcore demo --study thalamus`: the whole protocol on 8 phantom subjects (6 training, 3 of them with manual

@@ -17,15 +17,21 @@ from SegCore.errors import SegCoreError
 def split_cases(dataset, split: dict) -> tuple[list, list]:
     """(training cases, validation cases) of `dataset` for the plan's `split` ({kind, folds, fold, seed, lists}).
 
-    Raises SegCoreError for a fold out of range or an empty training split."""
+    Only the layout's training subset is split: labelled cases it files as test (the LA 2018 'Testing Set', the
+    thalamus testing_subjects.txt) are never trained or validated on; a protocol's test stage with
+    `"cases": "test"` scores them (`labelled_test_cases`). Raises SegCoreError for a fold out of range or an empty
+    training split."""
     from SegCore.datasets import kfold_splits, pancreas_folds, split_from_lists
 
-    cases = dataset.labelled_cases()
+    labelled = dataset.labelled_cases()
+    cases = [case for case in labelled if case.subset != "test"]
     by_id = {case.case_id: case for case in cases}
     ids = sorted(by_id)
     if not ids:
-        raise SegCoreError("the dataset has no labelled case to train on", path=dataset.root,
-                           fix="add label files, or check the dataset layout (segcore inspect)")
+        kept = f" ({len(labelled)} labelled case(s), all in the layout's test subset)" if labelled else ""
+        raise SegCoreError(f"the dataset has no labelled training case to train on{kept}", path=dataset.root,
+                           fix="add label files to the training subset, or check the dataset layout "
+                               "(segcore inspect)")
     kind = split["kind"]
     if kind == "lists":
         lists = {"train": split["train_list"]}
@@ -44,6 +50,11 @@ def split_cases(dataset, split: dict) -> tuple[list, list]:
         raise SegCoreError(f"the training split is empty ({len(ids)} labelled case(s), split {kind})",
                            path=dataset.root, fix="add cases, or use fewer folds (split.folds)")
     return [by_id[i] for i in train], [by_id[i] for i in val]
+
+
+def labelled_test_cases(dataset) -> list:
+    """The labelled cases the layout files as its test subset (never in a training split: `split_cases`)."""
+    return [case for case in dataset.labelled_cases() if case.subset == "test"]
 
 
 def split_from_kind(kind: str, ids: list[str], split: dict, kfold_splits, pancreas_folds) -> list[dict]:
