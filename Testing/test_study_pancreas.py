@@ -7,6 +7,7 @@ training.py, model.py, utils.py, coarse_fusion.py, coarse2fine_testing.py), neve
 
 from __future__ import annotations
 
+import csv
 import json
 import math
 import random
@@ -349,6 +350,16 @@ def test_fold0_trains_nine_stages_in_order_and_tests_them(run, small):
     report = json.loads((run / "report.json").read_text(encoding="utf-8"))
     assert {"coarse2fine", "oracle"} <= set(report["overall"])
     assert report["overall"]["coarse2fine"]["reference"]["round-at-0.99/pancreas"]["per_fold"].keys() == {"0"}
+    # the README's end-of-stage losses ("e.g. 0.3 in S, 0.2 in I, 0.15 in J"), each stage's last epoch beside them
+    readme = {"S": 0.3, "I": 0.2, "J": 0.15}
+    rows = {row["stage"]: row for row in report["training"]}
+    assert sorted(rows) == sorted(f"fold0-{plane}-{mode}" for plane in "XYZ" for mode in "SIJ")
+    for name, row in rows.items():
+        with open(run / name / "history.csv", newline="", encoding="utf-8") as handle:
+            last = list(csv.DictReader(handle))[-1]
+        assert row["target"] == readme[name[-1]] and row["loss"] == pytest.approx(float(last["loss"]))
+        assert row["reached"] == (row["loss"] <= row["target"])
+    assert "## Training losses" in (run / "report.md").read_text(encoding="utf-8")
 
 
 # --- learning: one plane's S -> I -> J on the CPU, then the coarse-to-fine Predictor ---------------------------------

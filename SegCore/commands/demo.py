@@ -91,9 +91,10 @@ def run(args, progress) -> dict:
                           progress=progress)
     test = _final_test(study, fold)
     record = json.loads((run_folder / test.name / "test.json").read_text(encoding="utf-8"))
-    # the held-out case as the models' plan reads the dataset (its label source, subject lists)
+    # the held-out case as the test read the dataset (the models' label source and subject lists, then the test's)
     plan = RunFolder(run_folder / test.models[0]).read_plan()
-    held_out = next(case for case in open_plan_dataset(plan).cases if case.case_id == record["cases"][0])
+    held_out = next(case for case in open_plan_dataset(plan, test.plan.get("options")).cases
+                    if case.case_id == record["cases"][0])
     image, reference = load_case(held_out)
     predictor = Predictor([run_folder / name / "best.pt" for name in test.models], device="cpu",
                           settings=resolve_references(test.plan.get("inference", {}), run_folder), progress=progress)

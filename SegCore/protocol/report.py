@@ -1,9 +1,11 @@
 """The protocol's report: every test stage's Dice, per fold and over all held-out cases together.
 
 RUN/report.json: {"study", "tests": [test.json of each finished test stage], "overall": {test: {reference:
-{"<group>/<label>": {"mean", "std", "n", "per_fold"}}}}}. A test's name drops its fold ("fold0-coarse" and
-"fold1-coarse" are the test "coarse"); "mean" pools the cases of every fold (the pancreas study's average DSC
-over all cases), "per_fold" gives each fold's mean. RUN/report.md is the same as tables for people.
+{"<group>/<label>": {"mean", "std", "n", "per_fold"}}}}, "training": [{"stage", "loss", "target", "reached"}
+for each trained stage with a loss target (the last epoch's average loss against the original's)]}. A test's
+name drops its fold ("fold0-coarse" and "fold1-coarse" are the test "coarse"); "mean" pools the cases of every
+fold (the pancreas study's average DSC over all cases), "per_fold" gives each fold's mean. RUN/report.md is the
+same as tables for people.
 """
 
 from __future__ import annotations
@@ -51,9 +53,28 @@ def collect(tests: list[dict]) -> dict:
     return overall
 
 
-def _markdown(study: str, overall: dict) -> str:
+def training_losses(run: Path, stages: list[dict]) -> list[dict]:
+    """Each trained stage with a loss target: its last epoch's average loss against the target."""
+    from SegCore.protocol.runner import final_loss
+
+    rows = []
+    for stage in stages:
+        loss = final_loss(run / stage["name"]) if stage.get("loss_target") is not None else None
+        if loss is not None:
+            rows.append({"stage": stage["name"], "loss": loss, "target": stage["loss_target"],
+                         "reached": loss <= stage["loss_target"]})
+    return rows
+
+
+def _markdown(study: str, overall: dict, training: list[dict]) -> str:
     lines = [f"# {study}: protocol report", "", "Dice per test, over all held-out cases (mean ± std, n cases); "
              "per fold where cross-validated.", ""]
+    if training:
+        lines += ["## Training losses", "", "The last epoch's average training loss of each stage, against the loss "
+                  "the study asks a stage to reach before the next.", "",
+                  "| stage | loss | target | reached |", "|---|---|---|---|"]
+        lines += [f"| {r['stage']} | {r['loss']:.4f} | {r['target']:g} | {'yes' if r['reached'] else 'no'} |"
+                  for r in training] + [""]
     for test, references in overall.items():
         lines += [f"## {test}", "", "| reference | prediction / label | Dice | n | per fold |", "|---|---|---|---|---|"]
         for reference, columns in references.items():
@@ -74,10 +95,12 @@ def write_report(run: Path) -> list[Path]:
         if done.is_file():
             tests.append(json.loads(done.read_text(encoding="utf-8")))
     overall = collect(tests)
-    report = {"study": asked["study"], "data": asked["data"], "tests": tests, "overall": overall}
+    training = training_losses(run, asked["stages"])
+    report = {"study": asked["study"], "data": asked["data"], "tests": tests, "overall": overall,
+              "training": training}
     paths = [run / "report.json", run / "report.md"]
     with atomic_file(paths[0]) as tmp:
         tmp.write_text(json.dumps(report, indent=1), encoding="utf-8")
     with atomic_file(paths[1]) as tmp:
-        tmp.write_text(_markdown(asked["study"], overall), encoding="utf-8")
+        tmp.write_text(_markdown(asked["study"], overall, training), encoding="utf-8")
     return paths

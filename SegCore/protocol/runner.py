@@ -87,8 +87,8 @@ def read_status(run: str | Path) -> dict:
 
 def recorded_stages(asked: dict) -> list[Stage]:
     """The stages protocol.json recorded (the study file may have changed since)."""
-    return [Stage(s["name"], s["kind"], s.get("plan") or {}, tuple(s.get("models") or ()), s.get("fold"))
-            for s in asked["stages"]]
+    return [Stage(s["name"], s["kind"], s.get("plan") or {}, tuple(s.get("models") or ()), s.get("fold"),
+                  s.get("loss_target")) for s in asked["stages"]]
 
 
 def _alive(pid) -> bool:
@@ -187,6 +187,10 @@ def run_protocol(study: str, data: str | Path, out: str | Path, *, tiny: bool = 
                 result = train_from_plan(plan, folder, resume=resume, overwrite=not resume and folder.exists(),
                                          progress=progress, resume_command=_command(spec.name, data, run))
                 print(f"{stage.name}: {result['summary']}")
+                loss = final_loss(folder)
+                if stage.loss_target is not None and loss is not None and loss > stage.loss_target:
+                    print(f"{stage.name}: the last epoch's average loss {loss:.3g} is above the {stage.loss_target:g} "
+                          f"the study asks for before the next stage: train longer (--set training.epochs=N)")
             else:
                 result = run_test_stage(stage, run=run, device=device or "auto", progress=progress)
                 print(f"{stage.name}: tested {len(result['cases'])} held-out case(s)")
@@ -202,6 +206,18 @@ def run_protocol(study: str, data: str | Path, out: str | Path, *, tiny: bool = 
     _write_status(run, "finished" if fold is None else "stopped", None,
                   "" if fold is None else f"fold {fold} done")
     return {"status": read_status(run), "report": [str(p) for p in report]}
+
+
+def final_loss(folder: Path) -> float | None:
+    """The last epoch's average training loss of a train stage (its history.csv), None before one ends."""
+    import csv
+
+    try:
+        with open(folder / "history.csv", newline="", encoding="utf-8") as handle:
+            rows = list(csv.DictReader(handle))
+    except FileNotFoundError:
+        return None
+    return float(rows[-1]["loss"]) if rows and rows[-1].get("loss") else None
 
 
 def _command(study: str, data: Path, run: Path) -> str:

@@ -116,6 +116,10 @@ PRESET = {
 }
 
 
+# README: "you need to confirm the average loss to be sufficiently low (e.g. 0.3 in `S`, 0.2 in `I`, 0.15 in `J`)"
+LOSS_TARGETS = {"S": 0.3, "I": 0.2, "J": 0.15}
+
+
 def _train_stage(fold: int, plane: str, mode: str) -> Stage:
     """'fold0-X-S': one plane's RSTN in one mode; I starts from S's weights, J from I's (training.py)."""
     plan: dict = {"split": {"fold": fold}, "sampler": {"axis": PLANES[plane]},
@@ -126,7 +130,7 @@ def _train_stage(fold: int, plane: str, mode: str) -> Stage:
         plan["training"]["init"] = f"@fold{fold}-{plane}-{MODES[MODES.index(mode) - 1]}"
     if mode == "J":  # training.py: lr x 0.5 after every LR_DECAY_EPOCH_J_STEP = 2 epochs of J
         plan["schedule"] = {"name": "step", "step_epochs": 2, "gamma": 0.5}
-    return Stage(f"fold{fold}-{plane}-{mode}", "train", plan, fold=fold)
+    return Stage(f"fold{fold}-{plane}-{mode}", "train", plan, fold=fold, loss_target=LOSS_TARGETS[mode])
 
 
 def _fold_stages(fold: int) -> tuple[Stage, ...]:

@@ -166,6 +166,9 @@ class Stage:
     that earlier train stage's best.pt (e.g. {"training": {"init": "@fold0-X-S"}}).
     models: test: the train stages whose best.pt are the Predictor's members (an ensemble, or the planes of
     coarse-to-fine). fold: the cross-validation fold a stage belongs to (`segcore run --fold K` keeps those).
+    loss_target: train: the average training loss the original asks a stage to reach before the next one (the
+    pancreas README's 0.3 / 0.2 / 0.15 for modes S / I / J); `segcore run` says when the last epoch's is above it,
+    and the report lists each against it.
     """
 
     name: str
@@ -173,6 +176,7 @@ class Stage:
     plan: dict = field(default_factory=dict)
     models: tuple[str, ...] = ()
     fold: int | None = None
+    loss_target: float | None = None
 
 
 @dataclass(frozen=True)
