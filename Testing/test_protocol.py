@@ -108,6 +108,23 @@ def test_a_different_request_into_the_same_folder_is_refused(tmp_path, data, toy
         run_protocol("atrium", data, run, fold=1, device="cpu")
 
 
+def test_a_stage_scoped_set_reaches_the_matching_stages_only(tmp_path, data, toy):
+    from SegCore.protocol import run_protocol
+    from SegCore.protocol.stages import train_plan
+
+    lines = ["training.batch_size=4", "sec*:optim.lr=0.5", "first:training.epochs=3"]
+    first, second = (train_plan(studies.STUDIES["atrium"], TOY[i], data=data, out=tmp_path, tiny=False,
+                                overrides=lines) for i in (0, 1))
+    assert (first["optim"]["lr"], first["training"]["epochs"], first["training"]["batch_size"]) == (0.01, 3, 4)
+    assert (second["optim"]["lr"], second["training"]["epochs"], second["training"]["batch_size"]) == (0.5, 40, 4)
+    run = tmp_path / "run"
+    with pytest.raises(SegCoreError, match="no train stage matches 'test'"):  # a test stage trains nothing
+        run_protocol("atrium", data, run, overrides=["test:optim.lr=1"], device="cpu")
+    with pytest.raises(SegCoreError, match="unknown key 'epoch'"):  # the scoped key is checked as any other
+        run_protocol("atrium", data, run, overrides=["first:training.epoch=1"], device="cpu")
+    assert not run.exists()
+
+
 def test_kill_9_then_the_same_command_resumes_without_redoing_finished_stages(tmp_path, data):
     run = tmp_path / "run"
     args = ["run", "--study", "atrium", "--data", str(data), "--out", str(run), "--device", "cpu"]

@@ -23,6 +23,7 @@ examples:
   segcore run --study atrium --data LA-phantom --out runs/la --tiny
   segcore run --status runs/la
   segcore run --study pancreas --data NIH --out runs/rstn --fold 0 --set training.epochs=4
+  segcore run --study pancreas --data NIH --out runs/rstn --set '*-J:training.epochs=4'   # the J stages only
 """
 
 INPUTS = ("data",)
@@ -34,8 +35,9 @@ def add_arguments(parser) -> None:
     parser.add_argument("--out", type=Path, metavar="RUN", help="the protocol's folder (created, or resumed)")
     parser.add_argument("--status", type=Path, metavar="RUN", help="only say where the protocol in RUN stands")
     parser.add_argument("--fold", type=int, metavar="K", help="run the stages of cross-validation fold K only")
-    parser.add_argument("--set", nargs="+", action="extend", default=[], metavar="KEY=VALUE", dest="overrides",
-                        help="override plan keys of every training stage, e.g. training.epochs=20")
+    parser.add_argument("--set", nargs="+", action="extend", default=[], metavar="[STAGES:]KEY=VALUE",
+                        dest="overrides", help="override plan keys of every training stage, e.g. training.epochs=20, "
+                                               "or of the stages matching a pattern: 'fold0-*:optim.lr=1e-4'")
     parser.add_argument("--device", metavar="D", help="auto, cpu, cuda, cuda:N or mps")
     parser.add_argument("--tiny", action="store_true",
                         help="small widths, patches and step counts: the whole protocol in minutes on a CPU")

@@ -166,6 +166,7 @@ def run_protocol(study: str, data: str | Path, out: str | Path, *, tiny: bool = 
     asked = {"study": spec.name, "data": str(data), "tiny": bool(tiny), "overrides": list(overrides),
              "stages": json.loads(json.dumps([dataclasses.asdict(s) for s in spec.protocol]))}
     # Every train plan is resolved before anything runs: a bad --set fails now, not hours into the protocol.
+    stage_tools.check_scopes(chosen, list(overrides))
     plans = {s.name: stage_tools.train_plan(spec, s, data=data, out=run, tiny=tiny, overrides=list(overrides),
                                             device=device) for s in chosen if s.kind == "train"}
     _start(run, asked)

@@ -4,12 +4,15 @@
     plan = train_plan(study, stage, data=Path("LA"), out=Path("RUN"), tiny=True, overrides=["optim.lr=1e-3"])
 
 A train stage's plan is resolved as `segcore train` resolves one: defaults < the study preset < the stage's
-plan < --tiny < --set < the data folder and the study (SegCore.training.config.resolve_plan).
+plan < --tiny < --set < the data folder and the study (SegCore.training.config.resolve_plan). A --set line
+`STAGES:KEY=VALUE` applies to the train stages whose names match the shell-style pattern STAGES only
+(`--set '*-J:training.epochs=4'`: the pancreas J stages); `KEY=VALUE` applies to every one.
 """
 
 from __future__ import annotations
 
 import copy
+import fnmatch
 from pathlib import Path
 
 from SegCore.errors import SegCoreError
@@ -72,11 +75,39 @@ def select_stages(protocol: tuple[Stage, ...], fold: int | None = None) -> list[
     return [stage for stage in protocol if stage.fold in (None, fold)]
 
 
+def _scope(override: str) -> tuple[str | None, str]:
+    """('*-J', 'training.epochs=4') for '*-J:training.epochs=4'; (None, line) for a line without a stage."""
+    key, equals, value = override.partition("=")
+    pattern, colon, rest = key.partition(":")
+    return (pattern, rest + equals + value) if colon else (None, override)
+
+
+def stage_overrides(stage: Stage, overrides: list[str]) -> list[str]:
+    """The --set lines that apply to `stage`, without their stage patterns."""
+    kept = []
+    for override in overrides:
+        pattern, line = _scope(override)
+        if pattern is None or fnmatch.fnmatchcase(stage.name, pattern):
+            kept.append(line)
+    return kept
+
+
+def check_scopes(stages: list[Stage], overrides: list[str]) -> None:
+    """SegCoreError for a stage-scoped --set line that matches no train stage among `stages`."""
+    names = [stage.name for stage in stages if stage.kind == "train"]
+    for override in overrides:
+        pattern, _ = _scope(override)
+        if pattern is not None and not fnmatch.filter(names, pattern):
+            raise SegCoreError(f"--set {override!r}: no train stage matches {pattern!r}",
+                               fix=f"use one of the train stages ({', '.join(names)}) or a pattern of them")
+
+
 def train_plan(study: Study, stage: Stage, *, data: Path, out: Path, tiny: bool, overrides: list[str],
                device: str | None = None) -> dict:
-    """The resolved plan of train stage `stage` (SegCoreError for a bad override or data folder)."""
+    """The resolved plan of train stage `stage` (SegCoreError for a bad override or data folder); `overrides`
+    may hold stage-scoped lines (`stage_overrides`)."""
     from SegCore.training.config import resolve_plan
 
     config = {**resolve_references(stage.plan, out), "study": study.name}
     flags = {"data": str(Path(data).absolute()), "study": study.name, "device": device}
-    return resolve_plan(config, overrides=overrides, flags=flags, tiny=tiny)
+    return resolve_plan(config, overrides=stage_overrides(stage, list(overrides)), flags=flags, tiny=tiny)
