@@ -170,3 +170,39 @@ def test_box_on_cuda_matches_cpu():
     options = {"scale_zyx": SCALE, "margin_voxels": 2, "crop_zyx": (11, 12, 16)}
     assert locate_box(bright_locator, image, device="cuda", **options) == locate_box(bright_locator, image,
                                                                                      **options)
+
+
+@pytest.mark.parametrize("bright", [True, False])
+def test_progress_is_one_step_per_network(bright):
+    image = cube_image((4, 8), (8, 16), (12, 20)) * (1.0 if bright else 0.4)  # dim: nothing located
+    events = []
+
+    def segment(crop: torch.Tensor) -> torch.Tensor:
+        assert events == [(1, 2)]  # the locator has reported before the segmenter runs
+        return torch.cat([1 - crop, crop])
+
+    locate_then_segment(bright_locator, segment, image, scale_zyx=SCALE, margin_voxels=2, crop_zyx=(8, 16, 16),
+                        progress=lambda done, total: events.append((done, total)))
+    assert events == [(1, 2), (2, 2)]
+
+
+def test_the_predictor_reports_the_two_steps_as_infer_events(tmp_path):
+    from inference_models import threshold_net_registered, tiny_checkpoint
+
+    from SegCore.inference import Predictor
+    from SegCore.volume import Grid, Volume
+
+    with threshold_net_registered():
+        common = {"data": {"channels": ["FLAIR"]}, "preprocessing": [],
+                  "sampler": {"kind": "patch3d", "patch_zyx": [8, 8, 8]}}
+        locator = tiny_checkpoint(tmp_path / "locator.pt", "threshold_net",
+                                  plan={**common, "model": {"arguments": {"threshold": 0.9}}})
+        segmenter = tiny_checkpoint(tmp_path / "segmenter.pt", "threshold_net", plan={
+            **common, "model": {"arguments": {"threshold": 0.3}},
+            "inference": {"locator": {"scale_zyx": [0.5, 0.5, 0.5], "margin_voxels": 2, "crop_zyx": [8, 8, 8]}}})
+        image = np.zeros((16, 24, 24), np.float32)
+        image[2:6, 2:6, 2:6] = 1.0
+        events = []
+        Predictor(segmenter, device="cpu", locator=locator, progress=events.append).predict(
+            Volume(image, Grid((16, 24, 24), (1.0, 1.0, 1.0), (0.0, 0.0, 0.0), tuple(map(tuple, np.eye(3))))))
+    assert [(e.stage, e.step, e.total) for e in events if e.stage == "infer"] == [("infer", 1, 2), ("infer", 2, 2)]

@@ -227,3 +227,43 @@ def test_tiny_rstn_on_cuda_matches_cpu():
     torch.testing.assert_close(gpu["probabilities"], cpu["probabilities"], atol=1e-4, rtol=0)
     half = coarse_to_fine({"axial": model}, image, max_rounds=1, device="cuda", precision="float16")
     assert half["probabilities"].dtype == torch.float32 and bool(torch.isfinite(half["probabilities"]).all())
+
+
+def test_progress_counts_planes_and_rounds_and_ends_at_the_total():
+    """One axial plane: coarse + 3 fine rounds of a possible 1 + 5, so steps 1..4 then the jump to 6; a real
+    tiny RSTN on three planes with max_rounds 2: 3 x 3 steps, rising, ending at 9."""
+    coarse = 0.9 * cube((2, 6), (3, 7), (3, 7))
+    moved, grown = cube((2, 6), (3, 7), (4, 8)), cube((2, 6), (3, 8), (4, 8))
+    events = []
+    result = coarse_to_fine({"axial": ToyRSTN(coarse, [moved, grown])}, slice_index_image(), max_rounds=5,
+                            batch=64, progress=lambda done, total: events.append((done, total)))
+    assert result["rounds"] == 3 and events == [(1, 6), (2, 6), (3, 6), (4, 6), (6, 6)]
+    torch.manual_seed(0)
+    models = {}
+    for view in ("axial", "coronal", "sagittal"):
+        models[view] = build_model("rstn", **MODELS["rstn"].small).eval()
+        with torch.no_grad():
+            models[view].coarse_model.score_fr.bias.fill_(3.0)
+    events.clear()
+    coarse_to_fine(models, torch.rand(5, 16, 16, generator=torch.Generator().manual_seed(0)), max_rounds=2,
+                   progress=lambda done, total: events.append((done, total)))
+    steps = [done for done, _ in events]
+    assert {total for _, total in events} == {9} and steps == sorted(steps) and steps[:3] == [1, 2, 3]
+    assert steps[-1] == 9
+
+
+def test_the_predictor_reports_coarse_to_fine_steps_as_infer_events(tmp_path):
+    from inference_models import tiny_checkpoint
+
+    from SegCore.inference import Predictor
+    from SegCore.volume import Grid, Volume
+
+    path = tiny_checkpoint(tmp_path / "rstn_axial.pt", "rstn", plan={
+        "data": {"channels": ["FLAIR"]}, "sampler": {"axis": "axial"},
+        "inference": {"coarse_to_fine": {"max_rounds": 2}}}, size_zyx=(32, 32, 32))
+    grid = Grid((6, 32, 32), (1.0, 1.0, 2.0), (0.0, 0.0, 0.0), tuple(map(tuple, np.eye(3))))
+    events = []
+    image = np.random.default_rng(2).normal(size=grid.shape_zyx).astype(np.float32)
+    Predictor(path, device="cpu", progress=events.append).predict(Volume(image, grid))
+    infer = [(e.step, e.total) for e in events if e.stage == "infer"]
+    assert infer[0] == (1, 3) and infer[-1] == (3, 3) and [s for s, _ in infer] == sorted(s for s, _ in infer)

@@ -98,7 +98,14 @@ def test_an_ensemble_of_two_identical_checkpoints_equals_one(tmp_path):
                    Grid((18, 30, 26), (1.0, 1.0, 1.0), (0.0, 0.0, 0.0), tuple(map(tuple, np.eye(3)))))
     torch.manual_seed(0)
     one = Predictor(first, device="cpu", settings={"tta": False}).predict(image, probabilities=True)
-    two = Predictor([first, second], device="cpu", settings={"tta": False}).predict(image, probabilities=True)
+    events = []
+    two = Predictor([first, second], device="cpu", settings={"tta": False}, progress=events.append).predict(
+        image, probabilities=True)
+    # one bar over both members: steps rise to the total once (not back to 0 at the second member)
+    steps = [(e.step, e.total) for e in events if e.stage == "infer"]
+    windows = steps[0][1] // 2
+    assert steps[-1] == (2 * windows, 2 * windows) and [s for s, _ in steps] == sorted({s for s, _ in steps})
+    assert {e.message for e in events if e.stage == "infer"} == {"pass 1 of 2", "pass 2 of 2"}
     np.testing.assert_array_equal(one.label.array, two.label.array)
     np.testing.assert_allclose(one.probabilities.array.astype(np.float32),
                                two.probabilities.array.astype(np.float32), atol=1e-3)
@@ -242,3 +249,45 @@ def test_rstn_checkpoints_for_three_planes_run_coarse_to_fine(tmp_path):
     assert prediction.label.grid == grid and set(np.unique(prediction.label.array)) <= {0, 1}
     with pytest.raises(SegCoreError, match="two RSTN checkpoints were trained on the axial plane"):
         Predictor([paths[0], paths[0]], device="cpu").predict(Volume(np.zeros(grid.shape_zyx, np.float32), grid))
+
+
+def test_a_file_in_bands_is_a_float64_sliding_window_of_the_network_in_its_own_layout(tmp_path):
+    # one channel in the band (two classes), the image released behind the windows, the 3D network channels-last
+    # on the CPU: the labels of a brute-force float64 sliding window over the network as built, grid for grid
+    import itertools
+
+    import scipy.signal
+    import scipy.special
+
+    from SegCore.inference.windows import window_starts
+    from SegCore.training.checkpoint import load_checkpoint
+
+    path = tiny_checkpoint(tmp_path / "v.pt", "vnet", study="atrium")  # 2 classes, patch 16, zscore + pad 16
+    grid = Grid((37, 40, 35), (0.9, 1.1, 1.3), (4.0, -1.0, 2.0), tuple(map(tuple, np.eye(3))))
+    rng = np.random.default_rng(3)
+    data = (rng.normal(size=grid.shape_zyx) + np.linspace(-2, 2, 35)).astype(np.float32)
+    source = write_image(Volume(data, grid), tmp_path / "case.nii.gz")
+    got = Predictor(path, device="cpu", settings={"tta": False}).predict_files([source])
+    assert got.info["labels_in_bands"] and got.label.grid.mismatch(grid) is None
+
+    preprocessing = Preprocessing(load_checkpoint(path).meta["preprocessing"])
+    pre = preprocessing.apply(read_input([source]))
+    model = load_checkpoint(path).build_model("cpu").eval()
+    assert all(p.is_contiguous() for p in model.parameters())  # the default layout
+    image = pre.image.astype(np.float64)
+    patch = (16, 16, 16)
+    g = scipy.signal.windows.gaussian(16, std=2.0)
+    g = g[:, None, None] * g[None, :, None] * g[None, None, :]
+    total, weight = np.zeros((2, *image.shape[1:])), np.zeros(image.shape[1:])
+    for box in itertools.product(*([slice(s, s + p) for s in window_starts(n, p, 0.5)]
+                                   for n, p in zip(image.shape[1:], patch, strict=True))):
+        with torch.inference_mode():
+            logits = model(torch.from_numpy(pre.image[(slice(None), *box)][None].copy()))[0].double().numpy()
+        total[(slice(None), *box)] += scipy.special.softmax(logits, axis=0) * g
+        weight[box] += g
+    probs = total / weight
+    expected = preprocessing.invert_label((probs[1] > probs[0]).astype(np.uint8), pre.record).array
+    margin = preprocessing.invert_probabilities(np.abs(probs[1:] - probs[:1]), pre.record).array[0]
+    clear = margin > 1e-4  # away from float32 rounding
+    assert clear.mean() > 0.99 and 0.02 < expected.mean() < 0.98  # both classes (0.96 here)
+    np.testing.assert_array_equal(got.label.array[clear], expected[clear])

@@ -171,3 +171,45 @@ def test_a_real_checkpointed_2d_network_runs_slice_by_slice(tmp_path):
                               divisor=getattr(model, "divisor", 1), device="cpu")
     assert probs.shape[1:] == (5, 19, 21) and probs.shape[0] >= 2
     torch.testing.assert_close(probs.sum(0), torch.ones(5, 19, 21), rtol=0, atol=1e-5)
+
+
+def test_progress_counts_slices_done_over_all_views_by_batch():
+    """Axial (6 slices) then coronal (7), batches of 4: by hand 4, 6 | 6 + 4, 6 + 7 of 13."""
+    net, image = _conv_net(), _image((1, 6, 7, 8), seed=2)
+    events = []
+    with_progress = predict_views(net, image, views=["axial", "coronal"], batch=4, device="cpu",
+                                  progress=lambda done, total: events.append((done, total)))
+    assert events == [(4, 13), (6, 13), (10, 13), (13, 13)]
+    torch.testing.assert_close(with_progress, predict_views(net, image, views=["axial", "coronal"], batch=4,
+                                                            device="cpu"), rtol=0, atol=0)
+
+
+def test_segcore_predict_progress_json_reports_the_slices_of_a_2d_checkpoint(tmp_path):
+    """The real CLI on a tiny 2D (coronal) checkpoint: its `infer` events rise to their total, then the result."""
+    import json
+    import subprocess
+    import sys
+
+    from inference_models import tiny_checkpoint
+    from training_runs import ENV, REPO
+
+    from SegCore.io import write_image
+    from SegCore.volume import Grid, Volume
+
+    model = tiny_checkpoint(tmp_path / "u2d.pt", "unet2d", plan={"sampler": {"axis": "coronal"},
+                                                                "data": {"channels": ["FLAIR"]}},
+                           size_zyx=(32, 40, 40))
+    grid = Grid((6, 11, 9), (1.0, 1.0, 1.5), (0.0, 0.0, 0.0), tuple(map(tuple, np.eye(3))))
+    source = write_image(Volume(_image((1, *grid.shape_zyx), seed=3).numpy()[0] * 50 + 100, grid),
+                         tmp_path / "case.nii.gz")
+    result = subprocess.run([sys.executable, "-m", "SegCore", "--progress", "json", "predict", "--device", "cpu",
+                             "--no-tta", "--model", str(model), "--input", str(source), "--output",
+                             str(tmp_path / "pred.nii.gz")], capture_output=True, text=True, timeout=180, env=ENV,
+                            cwd=REPO)
+    assert result.returncode == 0, result.stderr
+    events = [json.loads(line) for line in result.stdout.splitlines()]
+    infer = [(e["step"], e["total"]) for e in events if e["event"] == "progress" and e["stage"] == "infer"]
+    assert infer and len({total for _, total in infer}) == 1
+    steps = [step for step, _ in infer]
+    assert steps == sorted(steps) and steps[-1] == infer[0][1] and steps[0] > 0
+    assert events[-1]["event"] == "result"

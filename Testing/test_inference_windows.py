@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import itertools
+import mmap
+import sys
 from fractions import Fraction
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -245,6 +249,89 @@ def test_labels_in_bands_survive_the_memory_fallback():
     window = SlidingWindow([8, 8, 8], batch=3, stitch="device")
     assert torch.equal(window(flaky, image, device="cpu", argmax=True).long(), expected)
     assert window.stitch == "cpu" and window.batch == 1
+
+
+def _brute_force_probabilities(volume: np.ndarray, patch, overlap: float, logits_fn) -> np.ndarray:
+    """(K', Z, Y, X) float64: every window's probabilities (softmax, or [1 - p, p] for one logit channel) weighted
+    by scipy's Gaussian, summed and divided by the summed weights, window by window."""
+    g = np.ones(patch)
+    for axis, n in enumerate(patch):
+        shape = [1, 1, 1]
+        shape[axis] = n
+        g = g * scipy.signal.windows.gaussian(n, std=0.125 * n).reshape(shape)
+    total, weight = None, np.zeros(volume.shape[1:])
+    axes = zip(volume.shape[1:], patch, strict=True)
+    for box in itertools.product(*([slice(s, s + p) for s in window_starts(n, p, overlap)] for n, p in axes)):
+        logits = logits_fn(volume[(slice(None), *box)])
+        if logits.shape[0] == 1:
+            probs = np.concatenate([scipy.special.expit(-logits), scipy.special.expit(logits)])
+        else:
+            probs = scipy.special.softmax(logits, axis=0)
+        total = np.zeros((probs.shape[0], *volume.shape[1:])) if total is None else total
+        total[(slice(None), *box)] += probs * g
+        weight[box] += g
+    return total / weight
+
+
+@pytest.mark.parametrize("classes, device", [
+    (1, "cpu"), (2, "cpu"), pytest.param(2, "cuda", marks=pytest.mark.gpu)])
+def test_two_classes_in_bands_are_the_float64_argmax_of_the_weighted_average(classes, device):
+    # one channel in the band (the weighted sum of p1 - p0; float16 on CUDA): the labels of a float64 average
+    image = _image((1, 29, 21, 18), seed=10)
+    patch = (6, 8, 7)
+
+    def logits_np(window):  # content-dependent, so that windows disagree
+        mean = window.mean()
+        two = np.concatenate([window * mean * 3, window + mean])
+        return two[1:] - two[:1] if classes == 1 else two
+
+    def net(x):
+        means = x.mean(dim=(1, 2, 3, 4), keepdim=True)
+        two = torch.cat([x * means * 3, x + means], dim=1)
+        return two[:, 1:] - two[:, :1] if classes == 1 else two
+
+    exact = _brute_force_probabilities(image.numpy().astype(np.float64), patch, 0.5, logits_np)
+    margin = np.abs(exact[1] - exact[0])
+    for batch in (1, 4):
+        window = SlidingWindow(list(patch), overlap=0.5, batch=batch)
+        index = window(net, image, device=device, argmax=True).numpy()
+        assert index.dtype == np.uint8 and window.classes == 2
+        clear = margin > (1e-5 if device == "cpu" else 1e-2)  # away from float32 (float16) rounding of the sums
+        assert clear.mean() > (0.999 if device == "cpu" else 0.98) and 0.1 < index.mean() < 0.9
+        np.testing.assert_array_equal(index[clear], (exact[1] > exact[0])[clear])
+
+
+def test_release_slices_hands_the_pages_back_and_leaves_the_rest():
+    from SegCore.inference.windows import release_slices
+
+    t = torch.ones(2, 64, 128, 128)  # 2 x 4 MB per channel, past malloc's mmap threshold
+    if not sys.platform.startswith("linux"):
+        assert not release_slices(t, 32) and bool((t == 1).all())  # elsewhere the image simply stays
+        return
+
+    def rss() -> int:
+        return int(Path("/proc/self/status").read_text().split("VmRSS:")[1].split()[0]) * 1024
+
+    before = rss()
+    assert release_slices(t, 32)
+    assert before - rss() > 0.9 * t[:, :32].numel() * 4  # half of each channel: 8 MB back to the system
+    assert bool((t[:, 32:] == 1).all())  # the slices still ahead are untouched
+    page = mmap.PAGESIZE // 4  # what may stay of a page shared with the slices ahead or the allocation's start
+    assert int((t[:, :32] != 0).sum()) <= 2 * 2 * page
+    assert not release_slices(t[:, :, ::2], 64) and not release_slices(t, 0)  # not contiguous; nothing asked
+
+
+@pytest.mark.parametrize("classes", [2, 4])
+def test_a_discarded_image_gives_the_same_labels(classes):
+    net = _pointwise_net(classes=classes) if classes == 4 else _window_net
+    image = _image((1, 40, 48, 40), seed=11)  # slices of 7.5 kB: whole pages released behind every row
+    window = SlidingWindow([8, 16, 16], overlap=0.5, batch=3)
+    expected = window(net, image, device="cpu", argmax=True)
+    given = image.clone()
+    index = window(net, given, device="cpu", argmax=True, discard_image=True)
+    assert torch.equal(index, expected)
+    if sys.platform.startswith("linux"):
+        assert int((given != 0).sum()) < given.numel() // 10  # released; the rest lies in partial pages
 
 
 # --- out of memory ------------------------------------------------------------------------------------------------

@@ -37,6 +37,9 @@ from SegCore.slicer_utils.volumes import grid_from_node, volume_from_node  # noq
 from SegCore.studies import get_study  # noqa: E402
 from SegCore.volume import from_sitk  # noqa: E402
 
+# The keys of one progress line, as the widget reads them (event_progress): written out by hand, not imported.
+PROGRESS_KEYS = {"event", "stage", "step", "total", "message", "metrics"}
+
 
 @pytest.fixture
 def scene():
@@ -107,28 +110,32 @@ def test_sample_case_loads_into_a_scene_in_channel_order(scene, tmp_path):
 
 
 # -- the self-test, headless --------------------------------------------------------------------------------------
-def test_self_test_segments_and_reviews_the_sample_case(scene, tmp_path, monkeypatch):
-    """DecathlonSeg's self-test on slicer-core: four MR channels in, the real predict subprocess, three segments."""
+@pytest.mark.parametrize(("study", "task", "names"), [
+    ("decathlon", "BrainTumour", ["edema", "non-enhancing tumor", "enhancing tumour"]),  # 4 MR channels, 3D
+    ("thalamus", None, ["thalamus"]),  # five channels, 2D U-Nets slice by slice: progress from the slices
+])
+def test_self_test_segments_and_reviews_the_sample_case(scene, tmp_path, monkeypatch, study, task, names):
+    """A module's self-test on slicer-core: the sample channels in, the real predict subprocess, its segments."""
     monkeypatch.setenv("SEGSTUDIES_CACHE", str(tmp_path))
     case = _Case()
-    result = run_self_test(case, "decathlon", task="BrainTumour", scene=scene)
-    assert case.messages[-1] == "DecathlonSeg self-test passed"
-    names = [s.name for s in segments_of_node(result["segmentation"])]
-    assert names == ["edema", "non-enhancing tumor", "enhancing tumour"]
-    assert result["table"].GetNumberOfRows() == 3
+    result = run_self_test(case, study, scene=scene, **({"task": task} if task else {}))
+    assert case.messages[-1] == f"{get_study(study).module} self-test passed"
+    assert [s.name for s in segments_of_node(result["segmentation"])] == names
+    assert result["table"].GetNumberOfRows() == len(names)
     # What the Segment panel shows for this real event stream: fractions in [0, 1], never going back within a
     # stage, the stage named in the text, and 'done' at the one result event that ends it.
     events = result["events"]
     assert [e["event"] for e in events].count("result") == 1 and events[-1]["event"] == "result"
     last = {}
     for event in events[:-1]:
-        assert event["event"] == "progress"
+        assert event["event"] == "progress" and set(event) == PROGRESS_KEYS
         fraction, text = event_progress(event)
         assert text.startswith(event["stage"])
         if fraction is not None:
             assert 0.0 <= fraction <= 1.0 and fraction >= last.get(event["stage"], 0.0)
             assert fraction == pytest.approx(event["step"] / event["total"])
             last[event["stage"]] = fraction
+    assert last.get("infer") == 1.0  # the network's progress reaches its end before the result
     assert event_progress(events[-1]) == (1.0, "done")
 
 
@@ -157,7 +164,7 @@ def test_train_panel_text_follows_a_real_training_run(tmp_path):
     fractions = {}
     for event in events[:-1]:
         fraction, text = event_progress(event)
-        assert event["event"] == "progress" and text.startswith(event["stage"])
+        assert event["event"] == "progress" and set(event) == PROGRESS_KEYS and text.startswith(event["stage"])
         if fraction is not None:
             assert fraction == pytest.approx(event["step"] / event["total"])
             assert fraction >= fractions.get(event["stage"], 0.0)

@@ -5,6 +5,7 @@ with their peak memory, and on CUDA float16 against float32.
     .venv-bench/bin/python benchmarks/inference.py            # CPU (and CUDA where there is one); rewrites RESULTS.md
     .venv-bench/bin/python benchmarks/inference.py --quick    # small inputs, under a minute idle, writes nothing
     .venv-bench/bin/python benchmarks/inference.py --file-only   # only the CT file to file (CPU), writes nothing
+    .venv-bench/bin/python benchmarks/inference.py --stages      # RSS per stage of it, quickly, writes nothing
 
 One network, one input and one setting for all: the atrium study's V-Net with its `small` arguments (`--model
 unet3d`: the decathlon U-Net's), seeded and untrained, eval, under torch.inference_mode; windows of PATCH_ZYX,
@@ -13,7 +14,9 @@ batch of the device), no mirroring. Inputs: CT-sized (300x512x512, z first) and 
 study's). On the CPU, which others may share, each batch of a method is followed by its bare forward pass, timed
 apart, so the method and its floor meet the same load (`compare`). File to file: an int16 CT NIfTI and a
 checkpoint written as training writes one; fresh processes read, predict and write the label map, and their peak
-RSS (ru_maxrss, through `LAUNCHER`) is set against the input's float32 size.
+RSS (ru_maxrss, through `LAUNCHER`) is set against the input's float32 size. `--stages` runs the same command with
+the network at every STAGE_NET_EVERY-th window only (a cheap stand-in for the others, so the run takes seconds)
+and samples the RSS (VmRSS) in each stage: where the memory goes, for development; its times mean nothing.
 """
 
 from __future__ import annotations
@@ -39,6 +42,11 @@ QUICK_INPUTS = {"CT-sized": (48, 160, 160), "MR-sized": (32, 192, 192)}
 PATCH_ZYX, QUICK_PATCH_ZYX = [64, 128, 128], [32, 64, 64]
 PEER_FLOOR_EVERY = 4  # on the CPU, one batch in this many of MONAI and of the file run is paired with a bare pass
 MB = 1e6
+STAGE_NET_EVERY = 50  # --stages: windows 0, 50, 100, ... go through the real network
+STAGES = (("SegCore.inference.inputs", "read_input", "read the input", "float32 copy"),
+          ("SegCore.transforms.preprocess", "Preprocessing.apply", "preprocess", "after preprocessing"),
+          ("SegCore.inference.windows", "SlidingWindow.__call__", "network", "labels to the input grid"),
+          ("SegCore.inference.outputs", "write_prediction", "write", "done"))  # module, function, during, after
 
 
 def make_image(shape_zyx, seed: int = 0) -> np.ndarray:
@@ -305,6 +313,84 @@ def child_file(args) -> int:
     return code
 
 
+def child_stages(args) -> int:
+    """Run `segcore predict` with the real network at every STAGE_NET_EVERY-th window only (the others get
+    cheap logits: the input's first channel scaled per class) and print one JSON line: the maximum VmRSS in
+    each stage (STAGES: set as the named functions start and end; sampled every 2 ms by a thread)."""
+    import importlib
+    import threading
+
+    torch.set_num_threads(args.threads)
+    import SegCore.inference  # noqa: F401
+    from SegCore.cli import main as segcore
+    from SegCore.models import MODELS
+
+    def rss() -> int:
+        return int(Path("/proc/self/status").read_text().split("VmRSS:")[1].split()[0]) * 1024
+
+    peaks, stage, calls = {"after imports": rss()}, ["start"], [0]
+    done = threading.Event()
+
+    def sample():
+        while not done.wait(0.002):
+            peaks[stage[0]] = max(peaks.get(stage[0], 0), rss())
+
+    def staged(function, during: str, after: str):
+        def run(*a, **k):
+            stage[0] = during
+            try:
+                return function(*a, **k)
+            finally:
+                stage[0] = after
+        return run
+
+    for module_name, name, during, after in STAGES:
+        owner = importlib.import_module(module_name)
+        *outer, attribute = name.split(".")
+        owner = getattr(owner, outer[0]) if outer else owner
+        setattr(owner, attribute, staged(getattr(owner, attribute), during, after))
+    classes = {}
+
+    def stand_in(forward):
+        def run(self, x):
+            calls[0] += 1
+            if (calls[0] - 1) % STAGE_NET_EVERY == 0:
+                out = forward(self, x)
+                classes[type(self)] = (out[0] if isinstance(out, (list, tuple)) else out).shape[1]
+                return out
+            scale = torch.linspace(-1, 1, classes[type(self)], device=x.device).view(1, -1, 1, 1, 1)
+            return x[:, :1] * scale
+        return run
+
+    for spec in MODELS.values():
+        if isinstance(spec.builder, type):
+            spec.builder.forward = stand_in(spec.builder.forward)
+    thread = threading.Thread(target=sample, daemon=True)
+    thread.start()
+    began = time.perf_counter()
+    code = segcore(json.loads(args.child_stages))
+    done.set()
+    thread.join()
+    print(json.dumps({"code": code, "seconds": time.perf_counter() - began, "windows": calls[0],
+                      "peaks_bytes": {k: v for k, v in peaks.items() if k != "start"}}))
+    return code
+
+
+def stages(image_path: Path, checkpoint: Path, settings: dict, threads: int) -> list[str]:
+    """The RSS table of `child_stages` on the CT file (CPU), with the whole process's peak (ru_maxrss)."""
+    command = ["predict", "--model", str(checkpoint), "--input", str(image_path), "--output",
+               str(image_path.with_name("label.nii.gz")), "--device", "cpu", "--batch", str(settings["batch"]),
+               "--overlap", str(settings["overlap"])]
+    measured, lines = process([sys.executable, str(Path(__file__).resolve()), "--child-stages", json.dumps(command),
+                               "--threads", str(threads)], threads)
+    report = json.loads(lines[-1])
+    out = [f"{report['windows']} windows, the network at every {STAGE_NET_EVERY}th, {report['seconds']:.1f} s; "
+           f"peak RSS of the whole process {measured['peak_rss_bytes'] / MB:.0f} MB", "",
+           "| stage | peak RSS (MB) |", "|---|---|"]
+    out += [f"| {name} | {value / MB:.0f} |" for name, value in report["peaks_bytes"].items()]
+    return out
+
+
 def file_lines(report: dict) -> list[str]:
     """The file-to-file table of `report["file"]`, with the sentence that explains it."""
     lines = ["File to file on the CT-sized input: `segcore predict` reads an int16 .nii.gz and writes the uint8 "
@@ -395,10 +481,16 @@ def main(argv=None) -> int:
     parser.add_argument("--file-only", action="store_true",
                         help="only the CT-sized file-to-file run (CPU: its paired floor); prints its table, writes "
                              "nothing")
+    parser.add_argument("--stages", action="store_true",
+                        help="RSS per stage of the CT file to file (CPU), the network at every "
+                             f"{STAGE_NET_EVERY}th window only; prints its table, writes nothing")
     parser.add_argument("--child-file", help=argparse.SUPPRESS)  # JSON list: the `segcore` arguments
+    parser.add_argument("--child-stages", help=argparse.SUPPRESS)  # the same, for --stages
     args = parser.parse_args(argv)
     if args.child_file:
         return child_file(args)
+    if args.child_stages:
+        return child_stages(args)
     torch.set_num_threads(args.threads)
     from SegCore.inference.settings import inference_settings
     from SegCore.models import build_model
@@ -422,10 +514,16 @@ def main(argv=None) -> int:
             report["settings"][device_name] = settings
             net.to(device)
             for name, shape in inputs.items():
-                if args.file_only and (name != "CT-sized" or device.type != "cpu"):
+                if (args.file_only or args.stages) and (name != "CT-sized" or device.type != "cpu"):
                     continue  # the CPU's file run pairs its own floor; CUDA's needs the comparison's
                 print(f"[{device_name}] {name} {shape}", file=sys.stderr, flush=True)
                 image = make_image(shape)
+                if args.stages:
+                    image_path, checkpoint = write_inputs(Path(tmp), image, plan, net.cpu())
+                    print(f"load average (1 min) before: {load_before:.1f}; float32 input {image.size * 4 / MB:.0f} "
+                          "MB", *stages(image_path, checkpoint, settings, args.threads),
+                          f"load average (1 min) after: {os.getloadavg()[0]:.1f}", sep="\n")
+                    return 0
                 if not args.file_only:
                     report["compare"][(device_name, name)] = compare(image, net, settings, device, args.repeats)
                 if name == "CT-sized" and device.type == "cuda":

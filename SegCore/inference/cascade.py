@@ -1,7 +1,7 @@
 """Locate, then segment: the atrium study's two networks at test time.
 
     box = locate_box(locator_fn, image_czyx)                       # Box((z0, y0, x0), (z1, y1, x1)) or None
-    probabilities, info = locate_then_segment(locator_fn, segment_fn, image_czyx)
+    probabilities, info = locate_then_segment(locator_fn, segment_fn, image_czyx, progress=lambda done, total: ...)
 
 The study (Pytorch_VNet_atriaseg2018) trains a locator on volumes scaled by 0.5 x 0.25 x 0.25 (D x H x W), takes
 the start and end index of its foreground along each axis, scales them back to full resolution, adds a 30-voxel
@@ -20,6 +20,8 @@ into an empty volume of the input's size. Here:
 
 The segmenter sees the box's crop (C, *box size); its probabilities are pasted back (background 1 outside the
 box), and the padding is dropped. When the locator finds nothing the whole volume is segmented instead.
+Progress counts the two networks as two steps: progress(1, 2) once located, progress(2, 2) once segmented (the
+crop is about one segmenter patch, so there is little to report inside a step).
 """
 
 from __future__ import annotations
@@ -147,12 +149,14 @@ def paste_box(probabilities_kzyx: Tensor, box: Box, shape_zyx: Sequence[int]) ->
 def locate_then_segment(locator_fn: Callable[[Tensor], Tensor], segment_fn: Callable[[Tensor], Tensor],
                         image_czyx: Tensor, *, scale_zyx: Sequence[float] = (0.5, 0.25, 0.25),
                         margin_voxels: int = 30, crop_zyx: Sequence[int] = (96, 144, 224), divisor: int = 1,
-                        device: str | torch.device = "cpu") -> tuple[Tensor, dict]:
+                        device: str | torch.device = "cpu",
+                        progress: Callable[[int, int], None] | None = None) -> tuple[Tensor, dict]:
     """Locate the structure, segment the crop around it, paste the result back into the whole volume.
 
     locator_fn, scale_zyx, margin_voxels, crop_zyx, divisor, device: as `locate_box`.
     segment_fn: crop float32 (C, z, y, x) on the CPU -> class probabilities (K', z, y, x) (one forward of the
         segmenter, or its sliding window); it also gets the whole image when the locator finds nothing.
+    progress(done, 2): called with 1 after the locator, 2 after the segmenter.
     Returns (probabilities (K', Z, Y, X) float32 on the CPU, info {"box_start_zyx", "box_stop_zyx": lists of
     3 ints (the whole volume when nothing was found), "found": bool}).
     """
@@ -161,6 +165,8 @@ def locate_then_segment(locator_fn: Callable[[Tensor], Tensor], segment_fn: Call
     box = locate_box(locator_fn, image_czyx, scale_zyx=scale_zyx, margin_voxels=margin_voxels,
                      crop_zyx=crop_zyx, divisor=divisor, device=device)
     found = box is not None
+    if progress is not None:
+        progress(1, 2)
     if not found:  # nothing located: the segmenter sees everything rather than nothing
         box = Box((0, 0, 0), shape_zyx)
     crop_probabilities = segment_fn(crop_box(image_czyx, box) if found else image_czyx)
@@ -168,6 +174,8 @@ def locate_then_segment(locator_fn: Callable[[Tensor], Tensor], segment_fn: Call
         raise SegCoreError(f"the segmenter returned shape {tuple(crop_probabilities.shape)} for a crop of "
                            f"{list(box.size_zyx)} voxels", fix="return (K, *crop size) class probabilities")
     info = {"box_start_zyx": list(box.start_zyx), "box_stop_zyx": list(box.stop_zyx), "found": found}
+    if progress is not None:
+        progress(2, 2)
     if not found:
         return crop_probabilities.float().cpu(), info
     return paste_box(crop_probabilities, box, shape_zyx), info

@@ -37,6 +37,8 @@ oracle_testing.py, utils.post_processing):
   F1); <pass> is "coarse" (round 0) or "oracle". Without the oracle also "round-at-<t>" for each of
   `thresholds` (the mask of the round `dice_at` names; when never reached, the last round's, which is the
   study's round max_rounds whenever `convergence_dice` is the largest threshold).
+- progress(done, total), when given: one step per plane and round, total = planes x (1 + max_rounds) (the
+  oracle: planes x 2); a run that converges early jumps to total at its end.
 """
 
 from __future__ import annotations
@@ -178,7 +180,7 @@ def coarse_to_fine(models: Mapping[str, torch.nn.Module], image_zyx: Tensor, *, 
                    convergence_dice: float = 0.99, thresholds: Sequence[float] = (0.90, 0.95, 0.98, 0.99),
                    largest_component: bool = True, oracle_label: Tensor | None = None, batch: int = 8,
                    threshold: float = 0.5, precision: str = "float32", device: str | torch.device = "cpu",
-                   extras: bool = True) -> dict:
+                   extras: bool = True, progress: Callable[[int, int], None] | None = None) -> dict:
     """The study's coarse-to-fine test of one volume (rules in the module doc).
 
     models: view ("axial", "coronal", "sagittal") -> RSTN-like module on `device`, in eval mode, with
@@ -187,7 +189,8 @@ def coarse_to_fine(models: Mapping[str, torch.nn.Module], image_zyx: Tensor, *, 
     image_zyx: float32 (Z, Y, X) (or (1, Z, Y, X)) preprocessed CT on the CPU.
     oracle_label: (Z, Y, X), organ > 0.5 (diagnosis mode). batch: stacks per forward pass.
     precision: "float32", "float16" or "bfloat16" (autocast on CUDA only).
-    extras: also return the study's other masks (module doc). Returns {"probabilities": (2, Z, Y, X) float32 CPU,
+    extras: also return the study's other masks (module doc). progress(planes run, planes x possible rounds) after
+    each plane of each round, ending at the total (module doc). Returns {"probabilities": (2, Z, Y, X) float32 CPU,
     "mask": (Z, Y, X) bool (the last round's), "rounds": fine rounds run, "converged": bool, "inter_dice": [float
     per round], "dice_at": {threshold: round or None}, "extras": {name: (Z, Y, X) bool} (empty without extras)}.
     """
@@ -195,6 +198,14 @@ def coarse_to_fine(models: Mapping[str, torch.nn.Module], image_zyx: Tensor, *, 
     weight = 1.0 / len(models)
     options = {"batch": batch, "device": device}
     found: dict[str, Tensor] = {}
+    steps_total = len(models) * (2 if oracle_label is not None else 1 + max_rounds)
+    steps_done = 0
+
+    def step() -> None:
+        nonlocal steps_done
+        steps_done += 1
+        if progress is not None:
+            progress(steps_done, steps_total)
 
     def fused(make_run, volumes, skip_empty: Tensor | None = None, prefix: str | None = None) -> Tensor:
         """The planes' mean probability; with `prefix` (and extras) each plane's mask goes into `found`."""
@@ -209,6 +220,7 @@ def coarse_to_fine(models: Mapping[str, torch.nn.Module], image_zyx: Tensor, *, 
             with _precision_context(device, precision):
                 stack_average(make_run(model), volumes, axis, plane, weight=1.0 if plane is not total else weight,
                               slices=slices, active=active, **options)
+            step()
             if plane is not total:
                 found[f"{prefix}-{view}"] = plane >= threshold
                 total.add_(plane, alpha=weight)
@@ -250,6 +262,8 @@ def coarse_to_fine(models: Mapping[str, torch.nn.Module], image_zyx: Tensor, *, 
                 break
         if extras:
             found.update({threshold_name(t): at_round.get(t, mask) for t in thresholds})
+    if progress is not None and steps_done < steps_total:  # converged (or nothing to refine) before max_rounds
+        progress(steps_total, steps_total)
     if inter_dice and largest_component:
         prob[(prob >= threshold) & ~mask] = 0.0
     dice_at = {float(t): next((r for r, d in enumerate(inter_dice, start=1) if d >= t), None) for t in thresholds}

@@ -22,7 +22,9 @@ Memory (the CT of benchmarks/RESULTS.md "Inference": under 3x the float32 input,
 `predict_files` reads is converted to float32 once and dropped, the preprocessing normalises that copy in place,
 the preprocessed image is dropped after the networks, and one pass of a sliding window (one model, no mirroring,
 no probabilities or uncertainty asked for) takes its argmax band by band along z instead of holding the
-probabilities of the whole volume (windows.py); several passes need the float32 (K', Z, Y, X) sum.
+probabilities of the whole volume (windows.py; one channel for two classes) and, in `predict_files`, releases the
+preprocessed image behind its windows; several passes need the float32 (K', Z, Y, X) sum. A 3D network on the
+CPU runs channels-last (`_cpu_layout`: less working memory per window, and faster).
 """
 
 from __future__ import annotations
@@ -79,6 +81,16 @@ def _same(members: list[_Member], key: str) -> None:
                                path=member.checkpoint.path, fix="ensemble only the folds of one training plan")
 
 
+def _cpu_layout(model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
+    """A 3D network on the CPU in channels-last 3D: oneDNN's default blocked layout pads a layer of few channels
+    up to 8 or 16, so the atrium V-Net (`small`) took 206 MB per 64x128x128 window instead of 123, and 20 % longer
+    (benchmarks/RESULTS.md "Inference"). The weights change layout, not values; the logits move by float rounding."""
+    dims = {p.ndim for p in model.parameters()}
+    if device.type != "cpu" or 5 not in dims or 4 in dims:  # to(memory_format) refuses 4D weights for 3D layout
+        return model
+    return model.to(memory_format=torch.channels_last_3d)
+
+
 def _model_id(paths: list[Path], settings: dict) -> str:
     digest = hashlib.sha256()
     for path in paths:
@@ -117,6 +129,7 @@ class Predictor:
         self.settings = self.members[0].settings
         self.postprocess = bool(postprocess)
         self.progress = progress
+        self._pass = (0, 1)  # (pass index, passes) of the running prediction, for _progress
         locator = locator or self.settings["locator"]["checkpoint"]
         if self.settings["strategy"] == "locate_segment":
             if not locator:
@@ -190,7 +203,8 @@ class Predictor:
         banded = (not (probabilities or uncertainty) and len(self.members) == 1
                   and self.settings["strategy"] == "sliding_window" and self._mirrorings(self.settings) == [()])
         mean, square, passes, info = self._run_models(image_czyx, reference_zyx, want_variance=uncertainty and
-                                                      self.settings["uncertainty"] == "variance", argmax=banded)
+                                                      self.settings["uncertainty"] == "variance", argmax=banded,
+                                                      discard_image=banded and owned)
         del image_czyx
         masks = info.pop("extras", {})  # label maps on the network grid (coarse_to_fine), mapped back below
         seconds["network"] = time.perf_counter() - start
@@ -247,21 +261,25 @@ class Predictor:
         return Volume(mapped.array[0].astype(np.float32), grid)
 
     # --- the networks ------------------------------------------------------------------------------------------
-    def _run_models(self, image_czyx: torch.Tensor, reference, *, want_variance: bool, argmax: bool = False):
+    def _run_models(self, image_czyx: torch.Tensor, reference, *, want_variance: bool, argmax: bool = False,
+                    discard_image: bool = False):
         """Mean probabilities (K', Z, Y, X) float32 CPU over models and mirrorings, the sum of squares (float64,
         only for the variance), the number of passes, and info. argmax (one sliding-window pass): the class
-        indices (Z, Y, X) instead of the probabilities."""
+        indices (Z, Y, X) instead of the probabilities. discard_image (with argmax, an image only the Predictor
+        holds): the window releases the image's slices behind it (windows.py), so it is unusable afterwards."""
         if self.settings["strategy"] == "coarse_to_fine":
             return self._coarse_to_fine(image_czyx, reference)
         total = square = None
         passes = 0
         info = {"strategy": self.settings["strategy"], "models": len(self.members), "events": []}
+        count = sum(len(self._mirrorings(member.settings)) for member in self.members)
         for member in self.members:
-            model = member.checkpoint.build_model(self.device)
+            model = _cpu_layout(member.checkpoint.build_model(self.device), self.device)
             try:
                 for flips in self._mirrorings(member.settings):
+                    self._pass = (passes, count)
                     probs = self._strategy(member, model, image_czyx.flip(flips) if flips else image_czyx, info,
-                                           argmax=argmax)
+                                           argmax=argmax, discard_image=discard_image)
                     probs = probs.flip(flips) if flips else probs
                     total = probs if total is None else total.add_(probs)
                     if want_variance:
@@ -282,10 +300,13 @@ class Predictor:
         return [()] + [c for n in range(1, len(axes) + 1) for c in itertools.combinations(axes, n)]
 
     def _progress(self, done: int, total: int) -> None:
-        self.progress(ProgressEvent("infer", done, total))
+        """One "infer" event over every pass (models x mirrorings): the bar rises once, not once per pass."""
+        index, count = self._pass
+        message = f"pass {index + 1} of {count}" if count > 1 else ""
+        self.progress(ProgressEvent("infer", index * total + done, count * total, message))
 
     def _strategy(self, member: _Member, model, image_czyx: torch.Tensor, info: dict, *,
-                  argmax: bool = False) -> torch.Tensor:
+                  argmax: bool = False, discard_image: bool = False) -> torch.Tensor:
         s = member.settings
         net_fn = network_function(model, self.device, self.settings["precision"])
         divisor = int(getattr(model, "divisor", 1))
@@ -293,7 +314,7 @@ class Predictor:
             from SegCore.inference.slices import predict_views
 
             return predict_views(net_fn, image_czyx, views=s["views"], fusion=s["fusion"], k=s["k"],
-                                 batch=s["batch"], divisor=divisor, device=self.device)
+                                 batch=s["batch"], divisor=divisor, device=self.device, progress=self._progress)
         window = self._window(member, image_czyx, divisor)
         if s["strategy"] == "locate_segment":
             from SegCore.inference.cascade import locate_then_segment
@@ -304,11 +325,12 @@ class Predictor:
                 network_function(locator, self.device, self.settings["precision"]),
                 lambda crop: self._window(member, crop, divisor)(net_fn, crop, device=self.device, divisor=divisor),
                 image_czyx, scale_zyx=loc["scale_zyx"], margin_voxels=loc["margin_voxels"],
-                crop_zyx=loc["crop_zyx"], divisor=int(getattr(locator, "divisor", 1)), device=self.device)
+                crop_zyx=loc["crop_zyx"], divisor=int(getattr(locator, "divisor", 1)), device=self.device,
+                progress=self._progress)
             info["box"] = box
             return probs
         probs = window(net_fn, image_czyx, device=self.device, divisor=divisor, progress=self._progress,
-                       argmax=argmax)
+                       argmax=argmax, discard_image=discard_image)
         info["events"] += [e for e in window.events if e not in info["events"]]
         return probs
 
@@ -343,7 +365,7 @@ class Predictor:
                                 convergence_dice=c2f["convergence_dice"], thresholds=c2f["thresholds"],
                                 largest_component=c2f["largest_component"], oracle_label=oracle,
                                 batch=self.settings["batch"], precision=self.settings["precision"],
-                                device=self.device)
+                                device=self.device, progress=self._progress)
         info = {"strategy": "coarse_to_fine", "models": len(models), "planes": sorted(models),
                 **{k: result[k] for k in ("rounds", "converged", "inter_dice", "dice_at") if k in result}}
         values = np.asarray([int(label["value"]) for label in self.labels][:2], dtype=np.uint8)

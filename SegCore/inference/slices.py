@@ -2,13 +2,14 @@
 
     probs_kzyx = predict_slices(net_fn, image_czyx, axis=AXES["coronal"], k=3, batch=8, divisor=16, device="cuda")
     probs_kzyx = predict_views(net_fn, image_czyx, views=["axial", "coronal", "sagittal"], fusion="vote",
-                               batch=8, divisor=16, device="cuda")
+                               batch=8, divisor=16, device="cuda", progress=lambda done, total: ...)
 
 Slices along axis 0 (axial, z), 1 (coronal, y) or 2 (sagittal, x) of a (Z, Y, X) volume, as the training
 samplers cut them. A 2.5D network takes k adjacent slices centred on the one it labels, channel c * k + j holding
 channel c of slice i - k // 2 + j (zeros past the ends), the stack25d sampler's layout. In-plane sides are
 zero-padded up to the network's `divisor` and cropped back. Results are (K', Z, Y, X) float32 probabilities on the
-CPU (`SegCore.inference.network.probabilities`).
+CPU (`SegCore.inference.network.probabilities`). `progress(done, total)`, when given, is called after each batch
+with the slices done so far over all views and their total (the Segment panel's progress bar).
 """
 
 from __future__ import annotations
@@ -40,11 +41,13 @@ def _volume(image_czyx: Tensor) -> Tensor:
 
 @torch.no_grad()
 def predict_slices(net_fn: Callable[[Tensor], Tensor], image_czyx: Tensor, *, axis: int, k: int = 1, batch: int = 8,
-                   divisor: int = 1, device: str | torch.device) -> Tensor:
+                   divisor: int = 1, device: str | torch.device,
+                   progress: Callable[[int, int], None] | None = None) -> Tensor:
     """(K', Z, Y, X) float32 CPU probabilities of a 2D (k == 1) or 2.5D (odd k > 1) network, slice by slice.
 
     image_czyx: float32 (C, Z, Y, X). axis: 0, 1 or 2 (`AXES`). net_fn: (B, C * k, H, W) float32 on `device`, H
     and W multiples of `divisor` -> (B, K, H, W) logits. `batch` slices per forward pass.
+    progress(slices done, slices along the axis) after each batch.
     """
     if axis not in (0, 1, 2):
         raise SegCoreError(f"slicing axis must be 0 (axial), 1 (coronal) or 2 (sagittal), got {axis!r}",
@@ -80,20 +83,22 @@ def predict_slices(net_fn: Callable[[Tensor], Tensor], image_czyx: Tensor, *, ax
             out = torch.empty((probs.shape[1], *image_shape_zyx), dtype=torch.float32)
             out_sliced = out.movedim(axis + 1, 1)  # (K', S, H, W) view, written in place
         out_sliced[:, first:last] = probs.transpose(0, 1)
+        if progress is not None:
+            progress(last, count)
     return out
 
 
 @torch.no_grad()
 def predict_views(net_fn: Callable[[Tensor], Tensor], image_czyx: Tensor, *, views: Sequence[str],
                   fusion: str = "mean", k: int = 1, batch: int = 8, divisor: int = 1,
-                  device: str | torch.device) -> Tensor:
+                  device: str | torch.device, progress: Callable[[int, int], None] | None = None) -> Tensor:
     """(K', Z, Y, X) float32 CPU: `predict_slices` along each view of `views` ("axial", "coronal", "sagittal"),
     fused.
 
     fusion "mean": the average of the views' probabilities. "vote": per class the share of views whose argmax is
     that class, ties broken by the mean probability: (votes + TIE_WEIGHT * sum of probabilities) / (V (1 +
     TIE_WEIGHT)) for V views, which sums to 1 over classes and whose argmax is the majority label. Memory: one
-    accumulator plus one view.
+    accumulator plus one view. progress(slices done, slices of all views) after each batch, ending at the total.
     """
     if not views or any(v not in AXES for v in views) or len(set(views)) != len(views):
         raise SegCoreError(f"views must be distinct names from {', '.join(AXES)}, got {list(views)}",
@@ -101,9 +106,17 @@ def predict_views(net_fn: Callable[[Tensor], Tensor], image_czyx: Tensor, *, vie
     if fusion not in FUSIONS:
         raise SegCoreError(f"view fusion must be one of {', '.join(FUSIONS)}, got {fusion!r}", fix="use mean")
     image = _volume(image_czyx)
+    slices_all_views = sum(image.shape[AXES[view] + 1] for view in views)
+    done_before = 0  # slices of the views already run
     total = None
     for view in views:
-        probs = predict_slices(net_fn, image, axis=AXES[view], k=k, batch=batch, divisor=divisor, device=device)
+        view_progress = None
+        if progress is not None:
+            def view_progress(done: int, _count: int, before: int = done_before) -> None:
+                progress(before + done, slices_all_views)
+        probs = predict_slices(net_fn, image, axis=AXES[view], k=k, batch=batch, divisor=divisor, device=device,
+                               progress=view_progress)
+        done_before += image.shape[AXES[view] + 1]
         if fusion == "vote":
             _vote_in_place(probs)
         if total is None:

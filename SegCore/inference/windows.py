@@ -14,15 +14,22 @@ Memory: one (K', Z, Y, X) accumulator (float16 on CUDA, float32 elsewhere) plus 
 `argmax=True` (one pass, only the labels wanted) the accumulator is a band of one window's depth along z: the
 windows run z-row by z-row, so once a row of windows starts at z, every slice before z has all its windows; those
 slices are reduced to class indices (`class_indices`, ties to the lowest class) and the band slides on. Each voxel
-sums the same windows in the same order as in the whole accumulator, so the indices are exactly the argmax of the
-probabilities that `argmax=False` returns; the float32 band of a CT is a fifth of the whole accumulator.
+sums the same windows in the same order as in the whole accumulator, so for three or more classes the indices are
+exactly the argmax of the probabilities that `argmax=False` returns. Two classes (or one sigmoid map) need one
+channel in the band: the share-weighted sum of p1 - p0, whose sign is the label (0 on a tie); it differs from
+comparing the two sums only where they are equal to float rounding (|p1 - p0| of order 1e-7). With
+`discard_image=True` (the caller is done with the image) the image's slices before each new row of windows are
+handed back to the system (Linux: madvise; elsewhere the image stays), so the labels grow as the image shrinks.
 """
 
 from __future__ import annotations
 
+import ctypes
 import functools
 import itertools
 import math
+import mmap
+import sys
 from collections.abc import Callable, Sequence
 from fractions import Fraction
 
@@ -78,6 +85,39 @@ def gaussian_importance(patch_zyx: Sequence[int], sigma_scale: float = 0.125) ->
     return _gaussian_3d(tuple(int(n) for n in patch_zyx), float(sigma_scale))
 
 
+def _page_release():
+    """libc's madvise on Linux, else None: freeing part of an array is not portable (the image then stays)."""
+    if not sys.platform.startswith("linux") or not hasattr(mmap, "MADV_DONTNEED"):
+        return None
+    try:
+        madvise = ctypes.CDLL(None, use_errno=True).madvise
+    except (OSError, AttributeError):
+        return None
+    madvise.argtypes, madvise.restype = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int], ctypes.c_int
+    return madvise
+
+
+_MADVISE = _page_release()
+
+
+def release_slices(image_czyx: Tensor, z: int) -> bool:
+    """Hand the memory of slices [0, z) of every channel of a contiguous CPU (C, Z, Y, X) tensor back to the
+    system, on Linux (madvise MADV_DONTNEED on the whole pages inside them; they read as zeros afterwards, and the
+    allocator frees the tensor as usual). Only for a tensor nobody will read there again. Returns whether memory
+    was released (False elsewhere, or for a tensor on another device or not contiguous: then nothing changes)."""
+    if _MADVISE is None or z <= 0 or image_czyx.device.type != "cpu" or not image_czyx.is_contiguous():
+        return False
+    z = min(z, image_czyx.shape[1])
+    slice_bytes, released = image_czyx.stride(1) * image_czyx.element_size(), False
+    for c in range(image_czyx.shape[0]):
+        begin = image_czyx[c].data_ptr()
+        start = -(-begin // mmap.PAGESIZE) * mmap.PAGESIZE  # whole pages inside: nothing before or after is touched
+        stop = (begin + z * slice_bytes) // mmap.PAGESIZE * mmap.PAGESIZE
+        if stop > start:
+            released |= _MADVISE(start, stop - start, mmap.MADV_DONTNEED) == 0
+    return released
+
+
 def _axis_shares(size: int, patch: int, starts: list[int], sigma_scale: float) -> np.ndarray:
     """(len(starts), patch) float64: window i's share g / (sum of g over the windows) at each of its positions."""
     g = _gaussian_1d(patch, sigma_scale)
@@ -92,7 +132,9 @@ class _Case:
 
     The accumulator (K', depth, Y, X) holds z-slices [z0, z0 + depth) of the (padded) volume: all of them
     (depth = Z, z0 = 0), or with `labels` (the (Z, Y, X) class indices being filled, on the CPU) a band of
-    depth = patch_z that `advance` slides along z."""
+    depth = patch_z that `advance` slides along z; with labels and two classes (`difference`) the band has one
+    channel, the weighted sum of p1 - p0. classes: K' (known after the first batch). released: the image's
+    slices before this are handed back (discard_image)."""
 
     def __init__(self, corners: list[tuple[int, int, int]], starts: list[list[int]], shares: list[np.ndarray],
                  place: torch.device, depth: int, labels: Tensor | None = None):
@@ -100,6 +142,7 @@ class _Case:
         self.shares_np = shares
         self.acc: Tensor | None = None
         self.depth, self.z0, self.labels = depth, 0, labels
+        self.classes, self.difference, self.released = 0, False, 0
         self.move(place)
 
     def move(self, place: torch.device) -> None:
@@ -134,7 +177,10 @@ class _Case:
         if self.labels is None or self.acc is None or z <= self.z0:
             return
         done = z - self.z0
-        self.labels[self.z0:z].copy_(class_indices(self.acc[:, :done]).cpu())
+        if self.difference:
+            self.labels[self.z0:z].copy_((self.acc[0, :done] > 0).cpu())  # p1 - p0 > 0: class 1; a tie: 0
+        else:
+            self.labels[self.z0:z].copy_(class_indices(self.acc[:, :done]).cpu())
         keep = self.depth - done
         for i in range(keep):
             self.acc[:, i].copy_(self.acc[:, i + done])
@@ -173,13 +219,16 @@ class SlidingWindow:
 
     @torch.no_grad()
     def __call__(self, net_fn: Callable[[Tensor], Tensor], image_czyx: Tensor, *, device: str | torch.device,
-                 divisor: int = 1, progress: Callable[[int, int], None] | None = None, argmax: bool = False) -> Tensor:
+                 divisor: int = 1, progress: Callable[[int, int], None] | None = None, argmax: bool = False,
+                 discard_image: bool = False) -> Tensor:
         """Probabilities (K', Z, Y, X) float32 on the CPU for one float32 (C, Z, Y, X) volume; argmax=True: their
         class indices instead, (Z, Y, X) uint8 (int32 past 256 classes) on the CPU, stitched in a band (see the
         module docstring).
 
         net_fn: (B, C, *patch) float32 on `device` -> (B, K, *patch) logits. divisor: the network's side multiple.
-        progress(done_windows, total_windows) after each batch.
+        progress(done_windows, total_windows) after each batch. discard_image: the caller never reads
+        `image_czyx` again, so its slices behind the windows are released as they move on (`release_slices`:
+        Linux; they read as zeros afterwards).
         """
         device = torch.device(device)
         image = torch.as_tensor(image_czyx, dtype=torch.float32)
@@ -204,13 +253,15 @@ class SlidingWindow:
                      depth=patch[0] if argmax else padded_zyx[0], labels=labels)
         while case.done < len(corners):
             try:
-                self._run(net_fn, image, case, patch, device, progress)
+                self._run(net_fn, image, case, patch, device, progress, discard_image)
             except torch.cuda.OutOfMemoryError as error:
                 self._fall_back(case, error)
             if case.done < len(corners) and device.type == "cuda":
                 torch.cuda.empty_cache()  # hand back what the failed attempt cached before retrying
         crop = (slice(None),) + tuple(slice(b, b + s) for b, s in zip(before, shape_zyx, strict=True))
-        self.classes = int(case.acc.shape[0])
+        self.classes = case.classes
+        if discard_image:
+            release_slices(image, padded_zyx[0])
         if argmax:
             case.advance(padded_zyx[0])  # the last band
             return case.labels if padded_zyx == shape_zyx else case.labels[crop[1:]].contiguous()
@@ -222,7 +273,7 @@ class SlidingWindow:
         return out
 
     def _run(self, net_fn, image: Tensor, case: _Case, patch: tuple[int, ...], device: torch.device,
-             progress) -> None:
+             progress, discard_image: bool = False) -> None:
         total = len(case.corners)
         while case.done < total:
             todo = case.corners[case.done:case.done + self.batch]
@@ -236,14 +287,23 @@ class SlidingWindow:
                 got = tuple(logits.shape) if isinstance(logits, Tensor) else type(logits).__name__
                 raise SegCoreError(f"the network returned {got} for windows {tuple(windows.shape)}; sliding window "
                                    "needs logits (B, K, *patch)", fix="use a 3D segmentation network")
-            probs = probabilities(logits).to(case.place)
+            probs = probabilities(logits)
             if case.acc is None:
-                case.acc = torch.zeros((probs.shape[1], case.depth, *image.shape[2:]), dtype=case.dtype(),
-                                       device=case.place)
-                if case.labels is not None and probs.shape[1] > 256:
+                case.classes = int(probs.shape[1])
+                case.difference = case.labels is not None and case.classes == 2
+                case.acc = torch.zeros((1 if case.difference else case.classes, case.depth, *image.shape[2:]),
+                                       dtype=case.dtype(), device=case.place)
+                if case.labels is not None and case.classes > 256:
                     case.labels = torch.empty(case.labels.shape, dtype=torch.int32)
+            if case.difference:  # (B, 1, *patch): p1 - p0, where the network ran (less to move)
+                probs = torch.sub(probs[:, 1:], probs[:, :1])
+            probs = probs.to(case.place)
             for j, corner in enumerate(todo):
-                case.advance(case.starts[0][corner[0]])
+                z = case.starts[0][corner[0]]
+                case.advance(z)
+                if discard_image and z > case.released:  # no later window starts before z
+                    release_slices(image, z)
+                    case.released = z
                 case.acc[case.acc_box(corner, patch)].addcmul_(probs[j], case.share(corner))
                 case.done += 1  # per window, so a retry after a failure here never adds a window twice
             if progress is not None:
