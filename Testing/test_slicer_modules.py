@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib.util
 import time
 import unittest
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -37,6 +38,7 @@ from SegCore.slicer_utils.volumes import grid_from_node, volume_from_node  # noq
 from SegCore.studies import get_study  # noqa: E402
 from SegCore.volume import from_sitk  # noqa: E402
 
+REPO = Path(__file__).resolve().parents[1]
 # The keys of one progress line, as the widget reads them (event_progress): written out by hand, not imported.
 PROGRESS_KEYS = {"event", "stage", "step", "total", "message", "metrics"}
 
@@ -110,15 +112,30 @@ def test_sample_case_loads_into_a_scene_in_channel_order(scene, tmp_path):
 
 
 # -- the self-test, headless --------------------------------------------------------------------------------------
+def _module_constant(study: str, name: str):
+    """A literal the study's module file assigns (the module itself imports Slicer's Qt, absent here)."""
+    import ast
+
+    module = get_study(study).module
+    tree = ast.parse((REPO / module / f"{module}.py").read_text(encoding="utf-8"))
+    (value,) = [node.value for node in tree.body if isinstance(node, ast.Assign)
+                and any(isinstance(t, ast.Name) and t.id == name for t in node.targets)]
+    return ast.literal_eval(value)
+
+
 @pytest.mark.parametrize(("study", "task", "names"), [
     ("decathlon", "BrainTumour", ["edema", "non-enhancing tumor", "enhancing tumour"]),  # 4 MR channels, 3D
     ("thalamus", None, ["thalamus"]),  # five channels, 2D U-Nets slice by slice: progress from the slices
+    ("atrium", None, ["left atrium"]),  # the V-Net over the whole (small) sample, as AtriumSegTest runs it
+    ("muscle", None, ["muscle"]),  # CT from DICOM, 2D
+    ("pancreas", None, ["pancreas"]),  # three RSTN planes, coarse to fine
 ])
 def test_self_test_segments_and_reviews_the_sample_case(scene, tmp_path, monkeypatch, study, task, names):
     """A module's self-test on slicer-core: the sample channels in, the real predict subprocess, its segments."""
     monkeypatch.setenv("SEGSTUDIES_CACHE", str(tmp_path))
     case = _Case()
-    result = run_self_test(case, study, scene=scene, **({"task": task} if task else {}))
+    result = run_self_test(case, study, scene=scene, overrides=_module_constant(study, "SELF_TEST_OVERRIDES"),
+                           **({"task": task} if task else {}))
     assert case.messages[-1] == f"{get_study(study).module} self-test passed"
     assert [s.name for s in segments_of_node(result["segmentation"])] == names
     assert result["table"].GetNumberOfRows() == len(names)
