@@ -233,6 +233,22 @@ def test_a_locator_given_to_the_predictor_is_used_although_the_plan_names_none(t
     assert located.label.array[3, 3, 3] == 1
 
 
+def test_a_locator_trained_at_another_zoom_than_the_settings_say_is_refused(tmp_path):
+    with threshold_net_registered():
+        common = {"data": {"channels": ["FLAIR"]}, "sampler": {"kind": "patch3d", "patch_zyx": [8, 8, 8]}}
+        locator = tiny_checkpoint(tmp_path / "locator.pt", "threshold_net", plan={
+            **common, "sampler": {"kind": "whole"},
+            "preprocessing": [{"name": "zoom", "scale_zyx": [0.5, 0.25, 0.25]}]})
+        for scale, refused in (([0.5, 0.25, 0.25], False), ([0.5, 0.5, 0.5], True)):
+            segmenter = tiny_checkpoint(tmp_path / "segmenter.pt", "threshold_net", plan={
+                **common, "preprocessing": [], "inference": {"locator": {"scale_zyx": scale, "crop_zyx": [8, 8, 8]}}})
+            if refused:
+                with pytest.raises(SegCoreError, match=r"by \[0.5, 0.25, 0.25\].*scale_zyx is \[0.5, 0.5, 0.5\]"):
+                    Predictor(segmenter, device="cpu", locator=locator)
+            else:
+                assert Predictor(segmenter, device="cpu", locator=locator).locator.path == locator
+
+
 def test_rstn_checkpoints_for_three_planes_run_coarse_to_fine(tmp_path):
     paths = [tiny_checkpoint(tmp_path / f"rstn_{plane}.pt", "rstn", seed=i, plan={
         "data": {"channels": ["FLAIR"]}, "sampler": {"axis": plane},

@@ -101,6 +101,18 @@ def _model_id(paths: list[Path], settings: dict) -> str:
     return digest.hexdigest()
 
 
+def _check_locator_scale(locator, scale_zyx) -> None:
+    """SegCoreError when the locator was trained on volumes zoomed otherwise than inference.locator.scale_zyx
+    says (its checkpoint's zoom step): locate_box would feed it volumes of another scale than it learnt."""
+    zooms = [step for step in locator.meta["preprocessing"] if step.get("name") == "zoom"]
+    trained = [float(v) for v in zooms[-1]["scale_zyx"]] if zooms else None
+    if trained is not None and trained != [float(v) for v in scale_zyx]:
+        raise SegCoreError(f"the locator was trained on volumes zoomed by {trained} (z, y, x), but "
+                           f"inference.locator.scale_zyx is {list(scale_zyx)}", path=locator.path,
+                           fix=f"set inference.locator.scale_zyx={json.dumps(trained)}, or give the locator "
+                               "trained for this scale")
+
+
 class Predictor:
     """checkpoints: one path or several (an ensemble; RSTN: one per plane). device: auto | cpu | cuda[:N] | mps.
     settings: overrides of the checkpoint's inference settings (settings.py; None values are ignored).
@@ -137,6 +149,7 @@ class Predictor:
                                    path=paths[0], fix="pass --locator CKPT (the locator's checkpoint)")
             path = Path(locator) if Path(locator).is_absolute() else paths[0].parent / locator
             self.locator = load_checkpoint(path if path.exists() else Path(locator))
+            _check_locator_scale(self.locator, self.settings["locator"]["scale_zyx"])
         else:
             self.locator = None
         self.model_id = _model_id(paths + ([self.locator.path] if self.locator else []),
