@@ -244,3 +244,19 @@ def _windows_ram_bytes() -> tuple[int | None, int | None]:
 
 def _gib(n_bytes: int) -> str:
     return f"{n_bytes / GIB:.1f} GiB"
+
+
+def prefer_passive_openmp() -> bool:
+    """For training: let torch's OpenMP threads sleep, not spin, while they wait (OMP_WAIT_POLICY=PASSIVE).
+
+    Spinning threads hold the cores that the data-loader workers need, which costs a fed step more wall time
+    than the workers' own CPU (2 cores, a 2.5D sampler: 8-17 % of step time with spinning, 6-9 % without; the
+    network's steps at the same speed: benchmarks/RESULTS.md, "Data pipeline"). Only before torch is imported
+    (the OpenMP runtime reads the variable once, when it loads) and never over a value the user set. Returns
+    whether it set it."""
+    import sys
+
+    if "torch" in sys.modules or "OMP_WAIT_POLICY" in os.environ:
+        return False
+    os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
+    return True

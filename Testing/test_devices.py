@@ -149,3 +149,18 @@ def test_cuda_device_reports_what_torch_knows():
     result = segcore_models("--device", "cuda", "--json")
     assert result.returncode == 0, result.stderr
     assert [row["device"] for row in json.loads(result.stdout)] == ["cuda:0"]
+
+
+@pytest.mark.parametrize(("before", "expected"), [
+    ("", "True PASSIVE"),  # nothing set, torch not loaded: set
+    ("os.environ['OMP_WAIT_POLICY'] = 'ACTIVE'", "False ACTIVE"),  # the user's value stays
+    ("import torch", "False None"),  # too late: the OpenMP runtime has read the environment already
+])
+def test_the_openmp_wait_policy_is_set_only_before_torch_and_never_over_the_users(before, expected):
+    code = (f"import os\nos.environ.pop('OMP_WAIT_POLICY', None)\n{before}\n"
+            "from SegCore.devices import prefer_passive_openmp\n"
+            "print(prefer_passive_openmp(), os.environ.get('OMP_WAIT_POLICY'))")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                            cwd=Path(__file__).resolve().parents[1])
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == expected

@@ -151,7 +151,7 @@ def test_bad_configurations_fail_fast_in_one_line(tmp_path, data, finished):
 
 def test_train_py_is_a_plain_script_from_any_folder(tmp_path):
     script = REPO / "SegCore" / "train.py"
-    env = {k: v for k, v in ENV.items() if k != "PYTHONPATH"}
+    env = {k: v for k, v in ENV.items() if k not in ("PYTHONPATH", "OMP_WAIT_POLICY")}
     result = subprocess.run([sys.executable, str(script), "--help"], capture_output=True, text=True, cwd=tmp_path,
                             env=env, timeout=60)
     assert result.returncode == 0, result.stderr
@@ -162,10 +162,12 @@ def test_train_py_is_a_plain_script_from_any_folder(tmp_path):
 
 def test_train_py_runs_the_same_cli_with_json_progress(tmp_path, data):
     script = REPO / "SegCore" / "train.py"
-    env = {k: v for k, v in ENV.items() if k != "PYTHONPATH"}
+    env = {k: v for k, v in ENV.items() if k not in ("PYTHONPATH", "OMP_WAIT_POLICY")}
     result = subprocess.run([sys.executable, str(script), "--data", str(data), "--out", str(tmp_path / "run"),
                              "--config", str(config(tmp_path)), "--device", "cpu", "--progress", "json"],
                             capture_output=True, text=True, cwd=tmp_path, env=env, timeout=240)
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout.splitlines()[-1])["event"] == "result"
     assert os.path.isfile(tmp_path / "run" / "best.pt")
+    # set before torch loaded (the OpenMP runtime reads it then), as the log of the run says
+    assert "OpenMP wait policy PASSIVE" in (tmp_path / "run" / "train.log").read_text(encoding="utf-8")

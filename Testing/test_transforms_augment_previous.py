@@ -1,9 +1,13 @@
-"""The optimised patch path (SegCore/transforms/spatial.py, augment.py) gives the previous implementation's patches
-bit for bit: the lookups restricted to the voxels the points touch, all channels in one gather, the corners of
-axes without fractions skipped, crop and flips in one copy, and the intensity parts without temporaries.
+"""The optimised patch paths (SegCore/transforms/spatial.py, planes.py, augment.py) against the previous
+implementation, kept here as it was (per channel, the whole padded crop, trilinear in float64 coordinates, gamma
+as float64-free `**`), driven by the same random draws (`Augmentation.draw`) and the same coordinates.
 
-The oracle is the previous implementation, kept here as it was (per channel, the whole padded crop, the full
-expression for gamma), driven by the same random draws (`Augmentation.draw`) and the same coordinates."""
+Bit for bit where the arithmetic is the same: crops, flips, the general lookup (rotations about y or x, elastic
+deformation, cubic images), brightness and contrast, and nearest labels everywhere (the same float64 coordinates
+and rounding). Within float32 tolerance where it changed on purpose: the plane lookup of a map that keeps depth
+apart (rotation about z, scaling: `grid_sample` takes float32 positions) and gamma (float32 exp and log instead of
+powf); one-hot-linear labels there agree but for near-ties. Noise is no longer drawn by `standard_normal`; its
+distribution is tested in test_transforms_augment_planes.py."""
 
 from __future__ import annotations
 
@@ -104,8 +108,7 @@ def previous_crop(array, start, patch, pad_value):
 
 
 def previous_intensity(image, draw, rng):
-    if draw.noise_std:
-        image += rng.standard_normal(image.shape, dtype=np.float32) * np.float32(draw.noise_std)
+    assert not draw.noise_std  # the noise's draws changed: compared by its distribution elsewhere
     if draw.brightness is not None:
         image *= np.float32(draw.brightness)
     for channel in image:
@@ -158,21 +161,36 @@ IN_PLANE = {"rotate_deg": [[-90, 90], 0, 0], "rotate_p": 0.6, "scale_p": 0.4, "g
 @pytest.mark.parametrize("spec", [
     {}, EVERYTHING, IN_PLANE, {**EVERYTHING, "label_mode": "one_hot_linear"}, {**IN_PLANE, "image_order": 0},
     {**IN_PLANE, "image_order": 3, "pad_value": -1.5}, {key: 1.0 for key in PROBABILITIES},
-], ids=["defaults", "everything", "in_plane", "one_hot", "nearest_image", "cubic", "all_on"])
+    {**IN_PLANE, "label_mode": "one_hot_linear", "pad_value": 0.5},
+], ids=["defaults", "everything", "in_plane", "one_hot", "nearest_image", "cubic", "all_on", "in_plane_one_hot"])
 @pytest.mark.parametrize("patch", [(1, 20, 24), (3, 20, 24), (7, 12, 16)], ids=["slice", "stack", "patch"])
-def test_patches_equal_the_previous_implementation_bit_for_bit(spec, patch, tmp_path):
+def test_patches_equal_the_previous_implementation(spec, patch, tmp_path):
     rng = np.random.default_rng(0)
     image = ndimage.gaussian_filter(rng.standard_normal((2, 14, 30, 34)), (0, 1, 2, 2)).astype(np.float32)
     label = (ndimage.gaussian_filter(rng.random((14, 30, 34)), 2) * 12).astype(np.uint8) % 3
     np.save(tmp_path / "image.npy", image)
     mapped = np.load(tmp_path / "image.npy", mmap_mode="r")  # as the case cache hands it over
-    aug = Augmentation(spec)
+    aug = Augmentation({**spec, "noise_p": 0.0})
     # inside, at every face, and partly beyond the volume (padding)
     centres = [(6.5, 14.5, 16.5), (0, 0, 0), (13, 29, 33), (-1, 15, 40), (7.2, 3.7, 30.1)]
+    paths = set()
     for seed in range(12):
         centre = centres[seed % len(centres)]
+        draw = aug.draw(np.random.default_rng(seed))  # the first draws of sample_patch
+        planes = draw.interpolates and not draw.elastic and aug.spec["image_order"] <= 1 and (
+            draw.angles_deg is None or draw.angles_deg[1:] == (0.0, 0.0))
+        paths.add(planes)
         got = aug.sample_patch(mapped if seed % 2 else image, label, centre, patch, np.random.default_rng(seed))
         want = previous_sample_patch(aug, image, label, centre, patch, np.random.default_rng(seed))
         assert got[0].dtype == want[0].dtype == np.float32 and got[0].shape == want[0].shape
-        assert np.array_equal(got[0].view(np.uint32), want[0].view(np.uint32)), f"image, seed {seed}"
-        assert got[1].dtype == label.dtype and np.array_equal(got[1], want[1]), f"label, seed {seed}"
+        assert got[1].dtype == label.dtype and got[1].shape == want[1].shape
+        if planes or draw.gamma is not None:
+            assert np.allclose(got[0], want[0], rtol=1e-5, atol=1e-5), f"image, seed {seed}"
+        else:
+            assert np.array_equal(got[0].view(np.uint32), want[0].view(np.uint32)), f"image, seed {seed}"
+        if planes and aug.spec["label_mode"] == "one_hot_linear":
+            assert np.mean(got[1] == want[1]) > 0.999, f"label, seed {seed}"
+        else:
+            assert np.array_equal(got[1], want[1]), f"label, seed {seed}"
+    if spec.get("rotate_deg") == IN_PLANE["rotate_deg"] and aug.spec["image_order"] <= 1:
+        assert True in paths  # the plane lookup was compared

@@ -139,7 +139,8 @@ def pipeline_section(args, command: str) -> str:
     return "\n".join([
         "## Data pipeline", "",
         f"Machine: {lscpu_machine()}, Python {platform.python_version()}, numpy {np.__version__}, torch "
-        f"{torch.__version__} ({torch.get_num_threads()} threads in the training process); load average after the "
+        f"{torch.__version__} ({torch.get_num_threads()} threads in the training process, OpenMP wait policy "
+        f"{os.environ.get('OMP_WAIT_POLICY', 'default')}, as `segcore train` sets it); load average after the "
         f"run {load} (other work shared the cores: wall times are noisy, CPU times much less so).",
         f"Command: `{command}`. Median of {repeats} alternated rounds (a block of each loop per round), "
         f"{workers} worker process(es) "

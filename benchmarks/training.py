@@ -408,6 +408,9 @@ def main(argv=None) -> int:
     if args.part in ("augmentation", "all"):
         sections.append(augmentation_benchmark(args))
     if args.part in ("pipeline", "all"):
+        from SegCore.devices import prefer_passive_openmp
+
+        prefer_passive_openmp()  # both loops as `segcore train` runs them (the section says which policy held)
         sections.append(pipeline_benchmark(args))
     sections = [s for s in sections if s]
     if sections and not (args.quick or args.no_write):

@@ -48,6 +48,9 @@ def _final_test(study, fold):
 
 
 def run(args, progress) -> dict:
+    from SegCore.devices import prefer_passive_openmp
+
+    prefer_passive_openmp()  # before torch loads: the loader workers get the cores the waiting threads spun on
     import json
 
     from SegCore.commands.inspect import report

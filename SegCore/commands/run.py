@@ -44,6 +44,9 @@ def add_arguments(parser) -> None:
 
 
 def run(args, progress) -> dict:
+    from SegCore.devices import prefer_passive_openmp
+
+    prefer_passive_openmp()  # before torch loads: the loader workers get the cores the waiting threads spun on
     from SegCore.errors import SegCoreError
     from SegCore.protocol import format_status, read_status, run_protocol
 

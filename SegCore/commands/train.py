@@ -127,6 +127,9 @@ def stored_plan(out: Path) -> dict:
 
 
 def run(args, progress) -> dict:
+    from SegCore.devices import prefer_passive_openmp
+
+    prefer_passive_openmp()  # before torch loads: the loader workers get the cores the waiting threads spun on
     from SegCore.training.distributed import rank_from_environment
     from SegCore.training.trainer import train_from_plan
 

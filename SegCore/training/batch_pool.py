@@ -84,23 +84,44 @@ class BatchPool:
 
 
 class PoolKeeper:
-    """The main process's side: frees a slot once the tensors of its batch are gone."""
+    """The main process's side: frees a slot once the tensors of its batch are gone.
+
+    It keeps each slot's received storages (so their memory stays mapped in this process: torch's receiving side
+    then finds them in its cache instead of mapping the shared memory afresh, with a page fault per 4 KiB page on
+    first touch) and frees a slot once those storages have no other user (`_storage_Use_Count`); where torch
+    lacks that count, it holds weak references only, and a freed batch's memory is mapped again for the next.
+    """
 
     def __init__(self, pool: BatchPool):
         self.pool = pool
-        self._out: list[tuple[tuple[int, int], list[StorageWeakRef]]] = []  # slots whose batch a consumer has
+        self._out: list[tuple[tuple[int, int], list]] = []  # slots whose batch a consumer may still have
+        self._kept: dict[tuple[int, int], list[torch.UntypedStorage]] = {}  # each slot's storages, mapped
+        self._count = getattr(torch._C, "_storage_Use_Count", None)
 
     def received(self, slot: tuple[int, int] | None, *tensors: torch.Tensor) -> None:
         """Note a batch handed on to the consumer (slot None: fresh memory, nothing to free), then free the slots
         of earlier batches that are gone."""
         if slot is not None:  # (worker, slot), a list once through the DataLoader's conversion
-            self._out.append((tuple(slot), [StorageWeakRef(t.untyped_storage()) for t in tensors]))
+            slot = tuple(slot)
+            storages = [t.untyped_storage() for t in tensors]
+            if self._count is None:
+                self._out.append((slot, [StorageWeakRef(s) for s in storages]))
+            else:
+                kept = self._kept.get(slot)
+                if kept is None or [s.data_ptr() for s in kept] != [s.data_ptr() for s in storages]:
+                    self._kept[slot] = storages  # new buffers for this slot (first batch, or remade)
+                self._out.append((slot, self._kept[slot]))
         self.release()
+
+    def _gone(self, refs) -> bool:
+        if self._count is None:
+            return all(ref.expired() for ref in refs)
+        return all(self._count(storage._cdata) == 1 for storage in refs)  # only this keeper's reference left
 
     def release(self) -> None:
         marks, kept = self.pool.taken.numpy(), []
         for slot, refs in self._out:
-            if all(ref.expired() for ref in refs):
+            if self._gone(refs):
                 marks[slot] = 0
             else:
                 kept.append((slot, refs))

@@ -13,7 +13,7 @@ the same global batch that one process with `batch_size * world_size` would draw
 (seed, rank, worker) too, only to keep code that uses global generators repeatable; the DataLoader gets its own
 torch generator so it never draws from the main process's global one. Workers write batches into shared memory
 they reuse once the consumer has let go of a batch (SegCore/training/batch_pool.py): fresh shared memory for every
-batch cost more than making the batch.
+batch cost more than making the batch. Each sample's image is written straight into its place in the batch.
 """
 
 from __future__ import annotations
@@ -93,43 +93,58 @@ class _Batches(torch.utils.data.Dataset):
         self.pool: BatchPool | None = None
         self.pin = False
 
-    def sample(self, epoch: int, n: int) -> tuple[np.ndarray, np.ndarray, dict]:
+    def sample(self, epoch: int, n: int, out=None) -> tuple[np.ndarray, np.ndarray, dict]:
+        """Global sample n of `epoch`; out: None, or a function (image shape, label shape) -> the batch's image
+        slot for this sample (the image goes straight into it), which refuses a shape that differs."""
         rng = np.random.default_rng([self.seed, epoch, n])
         case = self.cases[int(rng.integers(len(self.cases)))]
-        image, label, info = self.sampler.sample(case, self.augmentation, rng)
+        image, label, info = self.sampler.sample(case, self.augmentation, rng,
+                                                 out=None if out is None else out(*self.sampler.shapes(case)))
         return image, label, {**info, "weight": case.weight, "pseudo": case.pseudo}
+
+    def _buffers(self, item, image_shape, label_shape):
+        """(images float32, labels int64, pool slot or None) for one batch."""
+        if torch.utils.data.get_worker_info() is not None:  # in shared memory already: not copied again to send
+            if self.pool is not None and len(item) > 2:
+                return self.pool.take(item[2], image_shape, label_shape)
+            return shared_empty(image_shape, torch.float32), shared_empty(label_shape, torch.int64), None
+        # pinned here, where CUDA is, rather than copied into pinned memory afterwards
+        return (torch.empty(image_shape, dtype=torch.float32, pin_memory=self.pin),
+                torch.empty(label_shape, dtype=torch.int64, pin_memory=self.pin), None)
 
     def __getitem__(self, item: tuple[int, ...]):
         epoch, step = item[:2]
         first = (step * self.world_size + self.rank) * self.batch_size
-        try:
-            samples = [self.sample(epoch, first + i) for i in range(self.batch_size)]
-            shapes = {s[0].shape for s in samples}
+        batch: list = []  # images, labels, slot, once the first sample's case gives the shapes
+        shapes: set = set()
+
+        def slot(i, image_shape, label_shape):  # where sample i's image goes (all samples: one shape)
+            shapes.add(image_shape)
             if len(shapes) > 1:
                 raise SegCoreError(
                     f"the samples of one batch differ in size ({', '.join(str(s) for s in sorted(shapes))}): "
                     f"the {self.sampler.kind} sampler takes each case's own size",
                     fix="use batch size 1, give the sampler a fixed size (size_yx, crop size_zyx), or pad every "
                         "case to one size in preprocessing")
+            if not batch:
+                batch.extend(self._buffers(item, (self.batch_size, *image_shape), (self.batch_size, *label_shape)))
+            return batch[0].numpy()[i]
+
+        details = []
+        try:
+            for i in range(self.batch_size):
+                _, label, info = self.sample(epoch, first + i, out=functools.partial(slot, i))
+                batch[1].numpy()[i] = label
+                details.append(info)
         except SegCoreError as error:
+            if batch and batch[2] is not None:  # the slot is free again: this batch never reaches the consumer
+                self.pool.taken.numpy()[tuple(batch[2])] = 0
             return error  # re-raised by the main process as itself, not wrapped in a worker traceback
-        image_shape = (self.batch_size, *samples[0][0].shape)
-        label_shape = (self.batch_size, *samples[0][1].shape)
-        slot = None
-        if torch.utils.data.get_worker_info() is not None:  # in shared memory already: not copied again to send
-            if self.pool is not None and len(item) > 2:
-                images, labels, slot = self.pool.take(item[2], image_shape, label_shape)
-            else:
-                images, labels = shared_empty(image_shape, torch.float32), shared_empty(label_shape, torch.int64)
-        else:  # pinned here, where CUDA is, rather than copied into pinned memory afterwards
-            images = torch.empty(image_shape, dtype=torch.float32, pin_memory=self.pin)
-            labels = torch.empty(label_shape, dtype=torch.int64, pin_memory=self.pin)
-        for i, (image, label, _) in enumerate(samples):
-            images.numpy()[i], labels.numpy()[i] = image, label
-        info = {key: [s[2][key] for s in samples] for key in ("case_id", "start_zyx", "class", "pseudo")}
-        info["weight"] = torch.tensor([s[2]["weight"] for s in samples], dtype=torch.float32)
+        images, labels, slot_taken = batch
+        info = {key: [d[key] for d in details] for key in ("case_id", "start_zyx", "class", "pseudo")}
+        info["weight"] = torch.tensor([d["weight"] for d in details], dtype=torch.float32)
         info["n"] = list(range(first, first + self.batch_size))
-        info["slot"] = slot  # taken out again by the Loader
+        info["slot"] = slot_taken  # taken out again by the Loader
         return images, labels, info
 
 

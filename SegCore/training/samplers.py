@@ -179,18 +179,34 @@ class Sampler:
                 start.append(int(rng.integers(shape[a] - window[a] + 1)))
         return tuple(start), None
 
-    def sample(self, case, augmentation, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, dict]:
+    def shapes(self, case) -> tuple[tuple[int, ...], tuple[int, ...]]:
+        """(image, label) shapes of one sample of `case`: (C, *spatial) (C * k for 2.5D) and (*spatial)."""
+        window = self.window_zyx(case.shape_zyx)
+        if self.axis is None:
+            return (case.num_channels, *window), window
+        plane = tuple(n for a, n in enumerate(window) if a != self.axis)
+        slices = window[self.axis]
+        label = (slices, *plane) if self.spec.get("labels") == "stack" else plane
+        return (case.num_channels * slices, *plane), label
+
+    def sample(self, case, augmentation, rng: np.random.Generator, out: np.ndarray | None = None
+               ) -> tuple[np.ndarray, np.ndarray, dict]:
         """One sample: image float32 (C, *spatial) (C * k for 2.5D), label (*spatial) in the case's label dtype
         ((k, H, W) for a stack25d with labels "stack"), info {case_id, start_zyx, class (the class it is centred
-        on, or None)}."""
+        on, or None)}. out: optional float32 array of the image's shape (`shapes`) that receives the image (a
+        batch's slot: no copy of the sample in between)."""
         window = self.window_zyx(case.shape_zyx)
         start, value = self.choose(case, rng)
         centre = [s + (w - 1) / 2 for s, w in zip(start, window, strict=True)]
-        image, label = augmentation.sample_patch(case.image, case.label, centre, window, rng)
+        patch_out = out
+        if out is not None and self.axis is not None:  # the (C, *window) patch as a view of the (C * k, H, W) slot
+            patch_out = np.moveaxis(out.reshape(case.num_channels, window[self.axis], *out.shape[1:]), 1,
+                                    self.axis + 1)
+        image, label = augmentation.sample_patch(case.image, case.label, centre, window, rng, out=patch_out)
         if self.axis is not None:
             image = np.moveaxis(image, self.axis + 1, 1)  # (C, slices, H, W)
             label = np.moveaxis(label, self.axis, 0)  # (slices, H, W)
             if self.spec.get("labels") != "stack":
                 label = label[label.shape[0] // 2]
-            image = image.reshape(image.shape[0] * image.shape[1], *image.shape[2:])
+            image = out if out is not None else image.reshape(image.shape[0] * image.shape[1], *image.shape[2:])
         return image, label, {"case_id": case.case_id, "start_zyx": start, "class": value}

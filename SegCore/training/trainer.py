@@ -86,7 +86,8 @@ class Trainer:
             import logging
 
             self.log = logging.getLogger(f"segcore.train.rank{self.dist.rank}")
-        self.log.info("device %s, %s, world size %d", info.summary(), self.amp or "float32", self.dist.world_size)
+        self.log.info("device %s, %s, world size %d, OpenMP wait policy %s", info.summary(), self.amp or "float32",
+                      self.dist.world_size, os.environ.get("OMP_WAIT_POLICY", "the runtime's default"))
         if getattr(self, "init_message", None):
             self.log.info(self.init_message)
         self._prepare_data()

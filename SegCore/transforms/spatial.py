@@ -121,6 +121,7 @@ class Lookup:
 
     def __init__(self, coordinates: np.ndarray, crop_zyx):
         self.crop_zyx = tuple(int(n) for n in crop_zyx)
+        self.patch_zyx = tuple(coordinates.shape[1:])
         self.fractions, bases = [], []
         shifted = np.empty(coordinates.shape[1:])
         for axis, size in enumerate(self.crop_zyx):
@@ -187,6 +188,13 @@ class Lookup:
             near += fz * (back - near)
         return near
 
+    def linear_channels(self, crops: np.ndarray, pad_value: float) -> np.ndarray:
+        """(C, *patch) float32: `linear` of each (Z, Y, X) crop of crops (C, Z, Y, X)."""
+        out = np.empty((crops.shape[0], *self.patch_zyx), dtype=np.float32)
+        for channel, crop in enumerate(crops):
+            out[channel] = self.linear(crop, pad_value)
+        return out
+
     def nearest(self, crop: np.ndarray, pad_value=0) -> np.ndarray:
         """(*patch) crop at the nearest voxel (halves round up), in the crop's dtype."""
         if self._nearest is None:  # the same for every crop: made once
@@ -206,32 +214,41 @@ def resample_patch(image_czyx: np.ndarray, label_zyx: np.ndarray | None, coordin
     Images: nearest (order 0), trilinear (1) or cubic spline (3, with scipy's map_coordinates). The label is
     nearest or, with "one_hot_linear", the value whose one-hot interpolates highest (ties go to the lower value).
     """
-    patch = coordinates.shape[1:]
     starts, stops = needed_box(coordinates, image_czyx.shape[-3:], margin=1 if image_order <= 1 else 3)
     local = coordinates  # shifted in place to the crop's frame
     local -= np.asarray(starts, dtype=float).reshape(3, 1, 1, 1)
     box = tuple(slice(a, b) for a, b in zip(starts, stops, strict=True))
     # views, as plain ndarrays (a memmap's views would each run its bookkeeping): the lookups read what they touch
     image_box = np.asarray(image_czyx[(..., *box)])
-    lookup = Lookup(local, image_box.shape[1:])
-    image = np.empty((image_czyx.shape[0], *patch), dtype=np.float32)
-    for channel in range(image.shape[0]):
-        if image_order == 1:
-            image[channel] = lookup.linear(image_box[channel], pad_value)
-        elif image_order == 0:  # the crop in float32 first, so that the pad value is cast as before
-            image[channel] = lookup.nearest(image_box[channel].astype(np.float32, copy=False), pad_value)
-        else:  # values beyond the volume are the pad value and take part, as if the volume had been padded
-            ndimage.map_coordinates(np.ascontiguousarray(image_box[channel], dtype=np.float32), local,
-                                    output=image[channel], order=3, mode="grid-constant", cval=pad_value)
-    if label_zyx is None:
+    label_box = None if label_zyx is None else np.asarray(label_zyx[box])
+    return interpolate_box(image_box, label_box, Lookup(local, image_box.shape[1:]), image_order=image_order,
+                           label_mode=label_mode, pad_value=pad_value, coordinates=local)
+
+
+def interpolate_box(image_box: np.ndarray, label_box: np.ndarray | None, lookup, *, image_order: int,
+                    label_mode: str, pad_value: float, coordinates: np.ndarray | None = None):
+    """(image (C, *patch) float32, label (*patch) or None) of the (C, Z, Y, X) image and (Z, Y, X) label boxes
+    through `lookup` (a `Lookup`, or a `planes.PlaneLookup`; its `patch_zyx` is the output size); cubic images
+    (order 3) need the local `coordinates` (3, *patch) too. See `resample_patch`."""
+    patch = lookup.patch_zyx
+    if image_order == 1:
+        image = lookup.linear_channels(image_box, pad_value)
+    else:
+        image = np.empty((image_box.shape[0], *patch), dtype=np.float32)
+        for channel in range(image.shape[0]):
+            if image_order == 0:  # the crop in float32 first, so that the pad value is cast as before
+                image[channel] = lookup.nearest(image_box[channel].astype(np.float32, copy=False), pad_value)
+            else:  # values beyond the volume are the pad value and take part, as if the volume had been padded
+                ndimage.map_coordinates(np.ascontiguousarray(image_box[channel], dtype=np.float32), coordinates,
+                                        output=image[channel], order=3, mode="grid-constant", cval=pad_value)
+    if label_box is None:
         return image, None
-    label_box = np.asarray(label_zyx[box])
     if label_mode == "nearest":
         return image, lookup.nearest(label_box)
     label_crop = np.ascontiguousarray(label_box)
-    label = np.zeros(patch, dtype=label_zyx.dtype)
+    label = np.zeros(patch, dtype=label_box.dtype)
     best = np.full(patch, -1.0, dtype=np.float32)
-    for value in np.union1d(np.unique(label_crop), [0]).astype(label_zyx.dtype):  # lowest first: ties stay low
+    for value in np.union1d(np.unique(label_crop), [0]).astype(label_box.dtype):  # lowest first: ties stay low
         score = lookup.linear((label_crop == value).astype(np.float32), 1.0 if value == 0 else 0.0)
         better = score > best
         label[better] = value
@@ -239,9 +256,10 @@ def resample_patch(image_czyx: np.ndarray, label_zyx: np.ndarray | None, coordin
     return image, label
 
 
-def crop_patch(array: np.ndarray, start_zyx, patch_zyx, pad_value: float, flip_axes=()) -> np.ndarray:
+def crop_patch(array: np.ndarray, start_zyx, patch_zyx, pad_value: float, flip_axes=(), out=None) -> np.ndarray:
     """array[..., start:start + patch] exactly (no interpolation), padded with `pad_value` outside the volume and
-    then flipped along the spatial axes `flip_axes` (0 z, 1 y, 2 x), in one copy of the region."""
+    then flipped along the spatial axes `flip_axes` (0 z, 1 y, 2 x), in one copy of the region (into `out`, an
+    array of the patch's shape, where given)."""
     stop = [s + p for s, p in zip(start_zyx, patch_zyx, strict=True)]
     spatial = array.shape[-3:]
     source, target = [], []
@@ -253,7 +271,7 @@ def crop_patch(array: np.ndarray, start_zyx, patch_zyx, pad_value: float, flip_a
     region = array[(..., *source)]
     if flip_axes:
         region = np.flip(region, axis=tuple(a - 3 for a in flip_axes))
-    out = np.empty((*array.shape[:-3], *patch_zyx), dtype=array.dtype)
+    out = np.empty((*array.shape[:-3], *patch_zyx), dtype=array.dtype) if out is None else out
     if any(t.stop - t.start < p for t, p in zip(target, patch_zyx, strict=True)):
         out.fill(pad_value)  # the patch reaches beyond the volume
     out[(..., *target)] = region
