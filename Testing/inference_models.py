@@ -92,3 +92,18 @@ def threshold_net_registered():
         yield
     finally:
         MODELS.pop("threshold_net", None)
+
+
+def threshold_locator_pair(folder: Path) -> tuple[Path, Path]:
+    """(locator, segmenter) ThresholdNet checkpoints of a locate-then-segment model (call inside
+    `threshold_net_registered`): the locator marks channel 0 > 0.9 on the volume halved on every axis, the
+    segmenter marks > 0.3 on an 8-voxel crop around it widened by 2 voxels; the segmenter's plan names no locator."""
+    common = {"data": {"channels": ["FLAIR"]}, "preprocessing": [],
+              "sampler": {"kind": "patch3d", "patch_zyx": [8, 8, 8]}}
+    locator = tiny_checkpoint(folder / "locator.pt", "threshold_net",
+                              plan={**common, "model": {"arguments": {"threshold": 0.9}}})
+    segmenter = tiny_checkpoint(folder / "segmenter.pt", "threshold_net", plan={
+        **common, "model": {"arguments": {"threshold": 0.3}},
+        "inference": {"locator": {"scale_zyx": [0.5, 0.5, 0.5], "margin_voxels": 2, "crop_zyx": [8, 8, 8]}}})
+    return locator, segmenter
+

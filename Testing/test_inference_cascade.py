@@ -187,19 +187,13 @@ def test_progress_is_one_step_per_network(bright):
 
 
 def test_the_predictor_reports_the_two_steps_as_infer_events(tmp_path):
-    from inference_models import threshold_net_registered, tiny_checkpoint
+    from inference_models import threshold_locator_pair, threshold_net_registered
 
     from SegCore.inference import Predictor
     from SegCore.volume import Grid, Volume
 
     with threshold_net_registered():
-        common = {"data": {"channels": ["FLAIR"]}, "preprocessing": [],
-                  "sampler": {"kind": "patch3d", "patch_zyx": [8, 8, 8]}}
-        locator = tiny_checkpoint(tmp_path / "locator.pt", "threshold_net",
-                                  plan={**common, "model": {"arguments": {"threshold": 0.9}}})
-        segmenter = tiny_checkpoint(tmp_path / "segmenter.pt", "threshold_net", plan={
-            **common, "model": {"arguments": {"threshold": 0.3}},
-            "inference": {"locator": {"scale_zyx": [0.5, 0.5, 0.5], "margin_voxels": 2, "crop_zyx": [8, 8, 8]}}})
+        locator, segmenter = threshold_locator_pair(tmp_path)
         image = np.zeros((16, 24, 24), np.float32)
         image[2:6, 2:6, 2:6] = 1.0
         events = []

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 import torch
-from inference_models import threshold_net_registered, tiny_checkpoint
+from inference_models import threshold_locator_pair, threshold_net_registered, tiny_checkpoint
 
 from SegCore.errors import SegCoreError
 from SegCore.inference import Predictor, check_input, read_input
@@ -216,13 +216,7 @@ def test_locate_then_segment_through_the_predictor_pastes_the_crop_back_in_place
 
 def test_a_locator_given_to_the_predictor_is_used_although_the_plan_names_none(tmp_path):
     with threshold_net_registered():
-        common = {"data": {"channels": ["FLAIR"]}, "preprocessing": [],
-                  "sampler": {"kind": "patch3d", "patch_zyx": [8, 8, 8]}}
-        locator = tiny_checkpoint(tmp_path / "locator.pt", "threshold_net",
-                                  plan={**common, "model": {"arguments": {"threshold": 0.9}}})
-        segmenter = tiny_checkpoint(tmp_path / "segmenter.pt", "threshold_net", plan={
-            **common, "model": {"arguments": {"threshold": 0.3}},
-            "inference": {"locator": {"scale_zyx": [0.5, 0.5, 0.5], "margin_voxels": 2, "crop_zyx": [8, 8, 8]}}})
+        locator, segmenter = threshold_locator_pair(tmp_path)
         grid = Grid((16, 24, 24), (1.0, 1.0, 1.0), (0.0, 0.0, 0.0), tuple(map(tuple, np.eye(3))))
         image = np.zeros(grid.shape_zyx, np.float32)
         image[2:6, 2:6, 2:6], image[12:15, 18:22, 18:22] = 1.0, 0.5  # the second only the segmenter sees
