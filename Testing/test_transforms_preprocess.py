@@ -280,3 +280,29 @@ def test_output_grid_without_voxels_is_the_grid_apply_gives(direction, rng):
     planned = pre.output_grid(image.grid)
     assert planned.mismatch(pre.apply(image, label).grid) is None
     assert Preprocessing([{"name": "crop_foreground"}]).output_grid(image.grid) is None
+
+
+def test_an_owned_image_is_padded_slab_by_slab_as_np_pad_and_its_source_handed_back(rng, monkeypatch):
+    from SegCore.transforms import geometry
+
+    monkeypatch.setattr(geometry, "PAD_SLAB", 4)  # 21 slices: 6 slabs, the last one short
+    data = rng.normal(size=(2, 21, 40, 36)).astype(np.float32) + 3.0  # never 0: a handed-back page reads 0
+    label = (rng.random((21, 40, 36)) > 0.5).astype(np.uint8)
+    pad = {"name": "pad", "multiple_zyx": [16, 16, 16], "value": -1.5}
+    widths = [(5, 6), (4, 4), (6, 6)]  # 21 -> 32, 40 -> 48, 36 -> 48, centred with the odd voxel after
+    expected = np.pad(data, [(0, 0), *widths], constant_values=-1.5)
+    image = Volume.create(data.copy())
+    kept = Preprocessing([pad]).apply(image, Volume.create(label))  # the caller's float32: copied, not consumed
+    np.testing.assert_array_equal(kept.image, expected)
+    np.testing.assert_array_equal(kept.label, np.pad(label, widths))
+    np.testing.assert_array_equal(image.array, data)
+    own = data.copy()
+    given = Preprocessing([pad]).apply(Volume.create(own), overwrite=True)  # given away: consumed as it is copied
+    np.testing.assert_array_equal(given.image, expected)
+    if sys.platform.startswith("linux"):
+        assert (own == 0).mean() > 0.9  # all but the pages shared with the allocation's edges went back
+    edge = {**pad, "mode": "edge"}
+    own = data.copy()
+    np.testing.assert_array_equal(Preprocessing([edge]).apply(Volume.create(own), overwrite=True).image,
+                                  np.pad(data, [(0, 0), *widths], mode="edge"))
+    np.testing.assert_array_equal(own, data)  # edge padding reads the edges last: the plain path

@@ -24,12 +24,9 @@ handed back to the system (Linux: madvise; elsewhere the image stays), so the la
 
 from __future__ import annotations
 
-import ctypes
 import functools
 import itertools
 import math
-import mmap
-import sys
 from collections.abc import Callable, Sequence
 from fractions import Fraction
 
@@ -37,6 +34,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from SegCore import memory
 from SegCore.errors import SegCoreError
 from SegCore.inference.network import class_indices, probabilities
 
@@ -85,37 +83,12 @@ def gaussian_importance(patch_zyx: Sequence[int], sigma_scale: float = 0.125) ->
     return _gaussian_3d(tuple(int(n) for n in patch_zyx), float(sigma_scale))
 
 
-def _page_release():
-    """libc's madvise on Linux, else None: freeing part of an array is not portable (the image then stays)."""
-    if not sys.platform.startswith("linux") or not hasattr(mmap, "MADV_DONTNEED"):
-        return None
-    try:
-        madvise = ctypes.CDLL(None, use_errno=True).madvise
-    except (OSError, AttributeError):
-        return None
-    madvise.argtypes, madvise.restype = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int], ctypes.c_int
-    return madvise
-
-
-_MADVISE = _page_release()
-
-
 def release_slices(image_czyx: Tensor, z: int) -> bool:
-    """Hand the memory of slices [0, z) of every channel of a contiguous CPU (C, Z, Y, X) tensor back to the
-    system, on Linux (madvise MADV_DONTNEED on the whole pages inside them; they read as zeros afterwards, and the
-    allocator frees the tensor as usual). Only for a tensor nobody will read there again. Returns whether memory
-    was released (False elsewhere, or for a tensor on another device or not contiguous: then nothing changes)."""
-    if _MADVISE is None or z <= 0 or image_czyx.device.type != "cpu" or not image_czyx.is_contiguous():
+    """`SegCore.memory.release_slices` for a contiguous CPU (C, Z, Y, X) tensor (False for one on another device
+    or not contiguous: then nothing changes)."""
+    if image_czyx.device.type != "cpu" or not image_czyx.is_contiguous():
         return False
-    z = min(z, image_czyx.shape[1])
-    slice_bytes, released = image_czyx.stride(1) * image_czyx.element_size(), False
-    for c in range(image_czyx.shape[0]):
-        begin = image_czyx[c].data_ptr()
-        start = -(-begin // mmap.PAGESIZE) * mmap.PAGESIZE  # whole pages inside: nothing before or after is touched
-        stop = (begin + z * slice_bytes) // mmap.PAGESIZE * mmap.PAGESIZE
-        if stop > start:
-            released |= _MADVISE(start, stop - start, mmap.MADV_DONTNEED) == 0
-    return released
+    return memory.release_slices(image_czyx.numpy(), z)
 
 
 def _axis_shares(size: int, patch: int, starts: list[int], sigma_scale: float) -> np.ndarray:

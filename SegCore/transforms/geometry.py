@@ -285,6 +285,34 @@ def _pad_forward(params, image, label, grid):
     return image, label, _pad_grid(params, grid), {"before_zyx": before, "after_zyx": after}
 
 
+PAD_SLAB = 8  # slices copied between two hand-backs of the source (`_pad_forward_owned`)
+
+
+def _pad_forward_owned(params, image, label, grid):
+    """`_pad_forward` consuming its (C, Z, Y, X) source: the padded image is filled slab by slab along z, and each
+    slab of the source goes back to the system once copied (SegCore.memory, Linux). Edge padding, which reads
+    the source's edges at the end, takes the plain path."""
+    from SegCore.memory import release_slices
+
+    before, after = _pad_widths(params, grid)
+    if not any(before + after) or params["mode"] == "edge" or image.ndim != 4 or not image.flags.c_contiguous:
+        return _pad_forward(params, image, label, grid)
+    shape = [n + b + a for n, b, a in zip(image.shape[1:], before, after, strict=True)]
+    out = np.empty((image.shape[0], *shape), dtype=image.dtype)  # untouched pages: memory only as it is written
+    out[:, :before[0]] = params["value"]
+    out[:, before[0] + image.shape[1]:] = params["value"]
+    rows, columns = slice(before[1], before[1] + image.shape[2]), slice(before[2], before[2] + image.shape[3])
+    for z in range(0, image.shape[1], PAD_SLAB):
+        stop = min(z + PAD_SLAB, image.shape[1])
+        slab = out[:, before[0] + z:before[0] + stop]
+        slab[...] = params["value"]
+        slab[:, :, rows, columns] = image[:, z:stop]
+        release_slices(image, stop)
+    widths = list(zip(before, after, strict=True))
+    label = None if label is None else np.pad(label, widths, mode="constant", constant_values=0)
+    return out, label, _pad_grid(params, grid), {"before_zyx": before, "after_zyx": after}
+
+
 def _pad_inverse(record, array, probabilities):
     region = tuple(slice(b, array.shape[array.ndim - 3 + axis] - a)
                    for axis, (b, a) in enumerate(zip(record["before_zyx"], record["after_zyx"], strict=True)))
@@ -321,5 +349,5 @@ GEOMETRY_STEPS = {
         "min_zyx": Parameter([1, 1, 1], triple(integer(low=1), "voxel counts >= 1 (z, y, x)")),
         "mode": Parameter("constant", choice("constant", "edge")),
         "value": Parameter(0.0, number()),
-    }, _pad_forward, _pad_inverse, grid=_pad_grid),
+    }, _pad_forward, _pad_inverse, grid=_pad_grid, forward_owned=_pad_forward_owned),
 }

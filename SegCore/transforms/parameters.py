@@ -37,6 +37,9 @@ class StepKind:
     check(resolved params) -> None, or a sentence saying which parameters contradict each other.
     grid(params, grid) -> the output grid from the input grid alone, without voxels; None when it depends on the
         voxels (a crop to the foreground or the label). The default keeps the grid (intensity steps).
+    forward_owned: `forward` for an image the pipeline owns and nobody reads again, which it may consume as it
+        goes (the pad hands back each slab of its source once copied: one full-size array at the peak, not two);
+        the same output. None: `forward` serves.
     """
 
     parameters: dict[str, Parameter]
@@ -44,6 +47,7 @@ class StepKind:
     inverse: Callable | None = None
     check: Callable[[dict], str | None] | None = None
     grid: Callable = lambda params, grid: grid
+    forward_owned: Callable | None = None
 
 
 def on_voxels(params: dict, grid):

@@ -103,18 +103,20 @@ class Preprocessing:
         The intensity steps normalise in place, on a float32 copy made before the first of them unless a step
         before has already made a new array, so the caller's image never changes. overwrite=True: the image's
         array is the caller's to give away (the Predictor's own float32 copy of what it read), and is changed in
-        place instead of copied."""
+        place instead of copied. An array the pipeline owns (its own copy, or the caller's with overwrite=True) is
+        consumed by the steps that can (`StepKind.forward_owned`: the pad), so it must not be read afterwards."""
         array = image.array if image.array.ndim == 4 else image.array[None]
         array = array.astype(np.float32, copy=False)
         labels = None if label is None else _label_array(label, image.grid)
         grid = image.grid
         steps = []
         for step in self._spec:
-            if step["name"] in INTENSITY_STEPS and not (
-                    array.flags.writeable and (overwrite or not np.may_share_memory(array, image.array))):
+            owned = array.flags.writeable and (overwrite or not np.may_share_memory(array, image.array))
+            if step["name"] in INTENSITY_STEPS and not owned:
                 array = np.array(array, dtype=np.float32, order="C")  # the pipeline's own, to change in place
-            source = grid
-            array, labels, grid, facts = STEPS[step["name"]].forward(step, array, labels, grid)
+            source, kind = grid, STEPS[step["name"]]
+            forward = kind.forward_owned if owned and kind.forward_owned else kind.forward
+            array, labels, grid, facts = forward(step, array, labels, grid)
             steps.append({"name": step["name"], "params": step, "input_grid": grid_to_json(source),
                           "output_grid": grid_to_json(grid), **facts})
         record = {"format": RECORD_FORMAT, "digest": self._digest, "channels": int(array.shape[0]),
