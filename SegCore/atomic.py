@@ -150,13 +150,26 @@ def _make_parents(target: Path) -> None:
                            fix="choose an output path whose parent folders are folders")
 
 
-def _process_alive(pid: int) -> bool:
+def process_alive(pid) -> bool:
+    """Whether process `pid` runs (a positive int; anything else is not a process). A process of another user
+    counts as running; a zombie (exited, not yet reaped) does not. Windows: OpenProcess."""
+    if not isinstance(pid, int) or isinstance(pid, bool) or pid <= 0:
+        return False
+    if os.name == "nt":
+        import ctypes
+
+        handle = ctypes.windll.kernel32.OpenProcess(0x1000, False, pid)  # PROCESS_QUERY_LIMITED_INFORMATION
+        if handle:
+            ctypes.windll.kernel32.CloseHandle(handle)
+        return bool(handle)
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
         return True
+    with contextlib.suppress(OSError):  # Linux: the state letter after the command name
+        return Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] != "Z"
     return True
 
 
@@ -167,7 +180,7 @@ def remove_stale_temporaries(target: Path) -> list[Path]:
     with contextlib.suppress(OSError):
         for entry in target.parent.iterdir():
             match = pattern.match(entry.name)
-            if match and int(match.group(1)) != os.getpid() and not _process_alive(int(match.group(1))):
+            if match and int(match.group(1)) != os.getpid() and not process_alive(int(match.group(1))):
                 if entry.is_dir() and not entry.is_symlink():
                     shutil.rmtree(entry, ignore_errors=True)
                 else:

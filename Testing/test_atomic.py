@@ -1,8 +1,12 @@
 """Outputs are written atomically and never over an input; errors read as one sentence with path and fix."""
 
+import subprocess
+import sys
+import time
+
 import pytest
 
-from SegCore.atomic import atomic_dir, atomic_file, file_suffix, refuse_overwriting_inputs
+from SegCore.atomic import atomic_dir, atomic_file, file_suffix, process_alive, refuse_overwriting_inputs
 from SegCore.errors import SegCoreError
 
 
@@ -66,3 +70,20 @@ def test_refuse_overwriting_inputs_sees_through_relative_paths(tmp_path, monkeyp
 def test_error_message_is_one_line_with_path_and_fix():
     error = SegCoreError("spacing is 0 mm\n along z", path="/data/ct.nii.gz", fix="repair the header.")
     assert str(error) == "/data/ct.nii.gz: spacing is 0 mm along z. Fix: repair the header."
+
+
+def test_process_alive_follows_a_real_process_through_its_exit():
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        assert process_alive(child.pid)
+    finally:
+        child.kill()
+    if sys.platform.startswith("linux"):  # killed, not yet reaped: a zombie, which runs nothing
+        deadline = time.monotonic() + 10
+        while process_alive(child.pid) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert not process_alive(child.pid) and child.poll() is not None
+    child.wait()
+    assert not process_alive(child.pid)
+    assert not any(process_alive(pid) for pid in (None, "12", 0, -1, True))  # not process ids
+

@@ -16,7 +16,7 @@ import json
 import time
 from pathlib import Path
 
-from SegCore.atomic import atomic_file
+from SegCore.atomic import atomic_file, process_alive
 from SegCore.errors import SegCoreError
 from SegCore.progress import ProgressCallback, ProgressEvent, no_progress
 from SegCore.protocol import stages as stage_tools
@@ -80,7 +80,7 @@ def read_status(run: str | Path) -> dict:
     left = [row["name"] for row in rows if row["state"] != "finished"]
     state = "finished" if not left else ("failed" if saved.get("state") == "failed" else "stopped")
     if saved.get("state") == "running" and left:
-        state = "running" if _alive(saved.get("pid")) else "stopped"
+        state = "running" if process_alive(saved.get("pid")) else "stopped"
     return {"study": asked["study"], "data": asked["data"], "state": state, "next": left[0] if left else None,
             "message": saved.get("message", ""), "stages": rows}
 
@@ -89,16 +89,6 @@ def recorded_stages(asked: dict) -> list[Stage]:
     """The stages protocol.json recorded (the study file may have changed since)."""
     return [Stage(s["name"], s["kind"], s.get("plan") or {}, tuple(s.get("models") or ()), s.get("fold"),
                   s.get("loss_target")) for s in asked["stages"]]
-
-
-def _alive(pid) -> bool:
-    import os
-
-    try:
-        os.kill(int(pid), 0)
-        return True
-    except (TypeError, ValueError, ProcessLookupError, PermissionError):
-        return False
 
 
 def format_status(status: dict) -> str:

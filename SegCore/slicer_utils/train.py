@@ -21,6 +21,7 @@ import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from SegCore.atomic import process_alive
 from SegCore.errors import SegCoreError
 from SegCore.slicer_utils.runner import ProcessRunner
 
@@ -50,27 +51,6 @@ def train_arguments(study: str | None, data, out, *, fold: int | None = None, ep
     if bad:
         raise SegCoreError(f"an option override is KEY=VALUE, got {', '.join(bad)}", fix="e.g. optim.lr=0.001")
     return argv + (["--set", *overrides] if overrides else [])
-
-
-def _pid_alive(pid) -> bool:
-    if not isinstance(pid, int) or pid <= 0:
-        return False
-    if os.name == "nt":
-        import ctypes
-
-        handle = ctypes.windll.kernel32.OpenProcess(0x1000, False, pid)  # PROCESS_QUERY_LIMITED_INFORMATION
-        if handle:
-            ctypes.windll.kernel32.CloseHandle(handle)
-        return bool(handle)
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    with contextlib.suppress(OSError):  # a zombie (exited, not yet reaped) does not run
-        return Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] != "Z"
-    return True
 
 
 def _is_segcore(pid: int) -> bool:
@@ -151,7 +131,7 @@ class TrainLogic:
         with contextlib.suppress(FileNotFoundError, ValueError):  # not written yet
             status = run.read_status()
         history = run.read_history() if run.file("history").is_file() else []
-        running = status.get("state") in RUNNING_STATES and _pid_alive(status.get("pid"))
+        running = status.get("state") in RUNNING_STATES and process_alive(status.get("pid"))
         return {**status, "history": history, "running": running}
 
     @classmethod
